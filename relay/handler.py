@@ -1,0 +1,151 @@
+"""The aiosmtpd hooks: thin glue between the SMTP session and the pure core.
+
+``handle_DATA`` is the recipe: translate the message, derive its Idempotency-Keys, hand
+each request to the ``Sender``, turn the outcome into one reply from ``replies``, and
+log one canonical ``message`` event. Nothing here parses MIME or speaks HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay.delivery import Delivery, Sender
+from relay.idempotency import transaction_keys
+from relay.log import get_logger
+from relay.message import Translated, translate
+from relay.replies import (
+    LOCAL_ERROR,
+    OK_RECIPIENT,
+    PARTIALLY_QUEUED,
+    QUEUED,
+    TOO_MANY_RECIPIENTS,
+    RelayError,
+    Reply,
+    reply_for,
+)
+
+__all__ = ["RelayHandler", "serialise"]
+
+log = get_logger("relay.handler")
+OFFLOAD_SIZE = 1024 * 1024
+"""Messages larger than this are translated in a worker thread, off the event loop."""
+
+
+@dataclass(slots=True)
+class _Record:
+    """The fields of one message's canonical log event, filled in as the recipe runs."""
+
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, **values: Any) -> None:
+        self.fields.update(values)
+
+
+class RelayHandler:
+    """aiosmtpd handler that forwards each message through ``sender``."""
+
+    def __init__(
+        self,
+        sender: Sender,
+        *,
+        max_recipients: int = 50,
+        accepted_reply: Reply = QUEUED,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._sender = sender
+        self._max_recipients = max_recipients
+        self._accepted_reply = accepted_reply
+        self._clock = clock
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        *extensions, last = responses
+        return [*extensions, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self._max_recipients:
+            return str(TOO_MANY_RECIPIENTS)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.append(rcpt_options)
+        return str(OK_RECIPIENT)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        started, record = self._clock(), _Record()
+        raw: bytes = envelope.content
+        record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
+        try:
+            translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
+            keys = transaction_keys(
+                translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
+                len(translated.payloads),
+            )  # fmt: skip
+            envelope.content = envelope.original_content = None  # free it early
+            del raw
+            record.add(attachments=translated.attachment_count, requests=len(keys))
+            reply = self._reply_for_deliveries(await self._send_all(translated, keys, record))
+        except RelayError as exc:
+            reply = reply_for(exc)
+            record.add(error=type(exc).__name__, error_detail=exc.detail)
+        except Exception:
+            log.exception("internal_error", hook="DATA")
+            reply = LOCAL_ERROR
+            record.add(error="InternalError")
+        server.transactions = getattr(server, "transactions", 0) + 1
+        self._log_message(record, reply, started)
+        return str(reply)
+
+    async def handle_exception(self, error: Exception) -> str:
+        """Any exception aiosmtpd did not expect: a transient reply, never internals."""
+        log.error("internal_error", exc_info=error)
+        return str(LOCAL_ERROR)
+
+    async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
+        if len(raw) > OFFLOAD_SIZE:
+            return await asyncio.to_thread(translate, raw, mail_from, rcpt_tos)
+        return translate(raw, mail_from, rcpt_tos)
+
+    async def _send_all(
+        self, translated: Translated, keys: Sequence[str], record: _Record
+    ) -> list[Delivery]:
+        deliveries = []
+        for payload, key in zip(translated.payloads, keys, strict=True):
+            deliveries.append(await self._sender.send(serialise(payload), key))
+        record.add(
+            upstream_status=deliveries[-1].status,
+            message_ids=[i for d in deliveries for i in d.message_ids],
+            replayed=any(d.replayed for d in deliveries),
+        )
+        return deliveries
+
+    def _reply_for_deliveries(self, deliveries: Sequence[Delivery]) -> Reply:
+        ids = [i for d in deliveries for i in d.message_ids]
+        failures = [f for d in deliveries for f in d.failures]
+        if failures:
+            log.warning("recipients_refused", refused=[f"{r}: {why}" for r, why in failures])
+            return PARTIALLY_QUEUED.with_detail(
+                f"{len(failures)} recipient(s) refused: {failures[0][0]} ({failures[0][1]})"
+            )
+        if not ids:
+            return self._accepted_reply
+        more = f" (+{len(ids) - 1} more)" if len(ids) > 1 else ""
+        return self._accepted_reply.with_detail(ids[0] + more)
+
+    def _log_message(self, record: _Record, reply: Reply, started: float) -> None:
+        latency_ms = round((self._clock() - started) * 1000, 2)
+        level = log.info if reply.code < 400 else log.warning
+        level("message", reply=reply.code, enhanced=reply.enhanced, latency_ms=latency_ms,
+              **record.fields)  # fmt: skip
+
+
+def serialise(payload: dict[str, Any]) -> bytes:
+    """The request body: compact UTF-8 JSON, serialised once."""
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")

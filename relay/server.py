@@ -1,0 +1,139 @@
+"""The relay's lifecycle: start listening, serve until told to stop, shut down gracefully.
+
+``RelayServer`` owns the listening socket, the live SMTP sessions and the ``Sender``.
+``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
+the serve and restores them afterwards.
+
+Shutdown order: stop accepting connections, give sessions in flight up to
+``RELAY_SHUTDOWN_TIMEOUT`` seconds to finish, close the rest, then close the sender.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+from relay import __version__
+from relay.api import AhaSendClient
+from relay.config import Settings
+from relay.delivery import DryRunSender, Sender
+from relay.handler import RelayHandler
+from relay.log import get_logger
+from relay.replies import DRY_RUN_ACCEPTED, QUEUED
+from relay.smtp import RelaySMTP
+
+__all__ = ["RelayServer", "build_sender", "run"]
+
+log = get_logger("relay.server")
+
+
+def build_sender(settings: Settings) -> Sender:
+    """The Sender the settings ask for: dry-run, or the AhaSend client."""
+    if settings.relay_dry_run:
+        return DryRunSender()
+    assert settings.ahasend_api_key is not None  # guaranteed by Settings' validator
+    return AhaSendClient(
+        base_url=settings.api_base_url,
+        api_key=settings.ahasend_api_key.get_secret_value(),
+        account_id=str(settings.ahasend_account_id),
+        timeout=settings.ahasend_api_timeout,
+    )
+
+
+class RelayServer:
+    """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
+
+    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
+        self.settings = settings
+        self.sender = sender if sender is not None else build_sender(settings)
+        self.handler = RelayHandler(
+            self.sender,
+            max_recipients=settings.relay_max_recipients,
+            accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
+        )
+        self._server: asyncio.Server | None = None
+        self._sessions: set[RelaySMTP] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``RELAY_PORT=0``)."""
+        assert self._server is not None, "not started"
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
+
+    async def start(self) -> None:
+        """Bind the listener; returns once connections are accepted."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
+        )
+        log.info("listening", host=self.settings.relay_host, port=self.port,
+                 dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting, let sessions finish within ``grace`` seconds, close the rest."""
+        grace = self.settings.relay_shutdown_timeout if grace is None else grace
+        if self._server is not None:
+            self._server.close()
+        abandoned = await _finish_sessions(self._sessions, grace)
+        await self.sender.aclose()
+        log.info("stopped", abandoned_sessions=abandoned)
+
+    def _new_session(self) -> RelaySMTP:
+        session = _TrackedSMTP(
+            self.handler,
+            self._sessions,
+            hostname=self.settings.relay_hostname,
+            ident=f"ahasend-relay {__version__} ESMTP",
+            data_size_limit=self.settings.relay_max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            timeout=self.settings.relay_smtp_timeout,
+            max_line_length=self.settings.relay_max_line_length,
+        )
+        self._sessions.add(session)
+        return session
+
+
+async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
+    """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
+    tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
+    if not tasks:
+        return 0
+    _, pending = await asyncio.wait(tasks, timeout=grace)
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
+
+
+class _TrackedSMTP(RelaySMTP):
+    """A session that leaves its server's registry when its connection closes."""
+
+    def __init__(self, handler: Any, registry: set[RelaySMTP], **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._registry = registry
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._registry.discard(self)
+
+
+async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; handlers are restored."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    server = RelayServer(settings)
+    await server.start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        if ready is not None:
+            ready.set()
+        await stop.wait()
+        log.info("shutting_down")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await server.stop()

@@ -1,0 +1,77 @@
+"""aiosmtpd's SMTP protocol, adjusted to answer like a mature MTA.
+
+- Every reply carries an RFC 3463 enhanced status code (``replies.with_enhanced_code``),
+  including those aiosmtpd writes itself (``503 Error: need MAIL command``), except the
+  greeting and the HELO/EHLO answers, as RFC 2034 §3 requires.
+- Each connection runs with ``session_id`` and ``peer`` bound in structlog's contextvars,
+  and ends with one ``session`` log event.
+- The line length limit is configurable: old HTML generators send lines far over 998
+  octets, and aiosmtpd's default would answer ``500 Line too long`` and lose the mail.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any, AnyStr
+
+import structlog
+from aiosmtpd.smtp import SMTP
+
+from relay.log import get_logger
+from relay.replies import with_enhanced_code
+
+__all__ = ["RelaySMTP"]
+
+log = get_logger("relay.smtp")
+
+
+class RelaySMTP(SMTP):
+    """One SMTP session. Extra keyword: ``max_line_length`` (octets, CRLF included)."""
+
+    def __init__(self, handler: Any, *, max_line_length: int = 1001, **kwargs: Any) -> None:
+        # aiosmtpd sizes its StreamReader from this attribute inside __init__.
+        self.line_length_limit = max_line_length
+        super().__init__(handler, **kwargs)
+        self.session_id = secrets.token_hex(6)
+        self._raw_replies = False
+        self.transactions = 0
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and not self._raw_replies:
+            status = with_enhanced_code(status)
+        await super().push(status)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._unmarked(super().smtp_HELO(hostname))
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._unmarked(super().smtp_EHLO(hostname))
+
+    async def _unmarked(self, command: Any) -> None:
+        """Run ``command`` with its replies sent as written (no enhanced code added)."""
+        self._raw_replies = True
+        try:
+            await command
+        finally:
+            self._raw_replies = False
+
+    async def _handle_client(self) -> None:
+        peer = _format_peer(self.session.peer if self.session else None)
+        structlog.contextvars.bind_contextvars(session_id=self.session_id, peer=peer)
+        started = time.perf_counter()
+        try:
+            await super()._handle_client()
+        finally:
+            log.info(
+                "session",
+                transactions=self.transactions,
+                duration_ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+
+
+def _format_peer(peer: Any) -> str:
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)

@@ -1,0 +1,82 @@
+"""A real relay on a loopback port, served from a background thread for synchronous tests.
+
+Tests drive it with real SMTP clients (smtplib, swaks) exactly as an application would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from relay.config import Settings
+from relay.delivery import Sender
+from relay.server import RelayServer
+
+
+class RunningRelay:
+    """A started RelayServer whose event loop runs in a daemon thread."""
+
+    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
+        self.settings = settings
+        self._sender = sender
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.server: RelayServer | None = None
+
+    def start(self) -> RunningRelay:
+        self._thread.start()
+        self.server = self.call(self._start())
+        return self
+
+    async def _start(self) -> RelayServer:
+        server = RelayServer(self.settings, self._sender)
+        await server.start()
+        return server
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.port
+
+    def call(self, coro: Any, timeout: float = 30.0) -> Any:
+        """Run ``coro`` on the relay's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.server is not None:
+            self.call(self.server.stop(grace=timeout), timeout + 10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def settings_for(standin: Any | None = None, **overrides: Any) -> Settings:
+    """Settings for a relay on 127.0.0.1:0 that forwards to ``standin`` (or runs dry)."""
+    values: dict[str, Any] = {
+        "relay_host": "127.0.0.1",
+        "relay_port": 0,
+        "relay_hostname": "relay.test",
+        "relay_shutdown_timeout": 2.0,
+    }
+    if standin is None:
+        values["relay_dry_run"] = True
+    else:
+        values |= {
+            "ahasend_api_key": standin.api_key,
+            "ahasend_account_id": standin.account_id,
+            "ahasend_api_base_url": standin.base_url,
+            "ahasend_api_timeout": 5.0,
+        }
+    return Settings(**(values | overrides))
+
+
+@contextmanager
+def running_relay(settings: Settings, sender: Sender | None = None) -> Iterator[RunningRelay]:
+    relay = RunningRelay(settings, sender).start()
+    try:
+        yield relay
+    finally:
+        relay.stop()
