@@ -15,6 +15,7 @@ from typing import Any
 
 from relay import __version__
 from relay.config import ConfigError, Settings, load_settings
+from relay.eventloop import loop_factory
 from relay.log import configure
 from relay.server import run
 
@@ -88,7 +89,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=[key])
     try:
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=loop_factory(settings.relay_event_loop)) as runner:
+            runner.run(run(settings))
     except OSError as exc:  # the listener could not bind
         print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip

@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     relay_dry_run: bool = False
     relay_log_format: Literal["json", "console"] | None = None
     relay_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    relay_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @model_validator(mode="after")
     def _require_credentials(self) -> Settings:

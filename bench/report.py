@@ -1,0 +1,149 @@
+"""The benchmark's verdicts and its Markdown report (the table in bench/README.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.messages import MIB
+
+RSS_GROWTH_TOLERANCE = 1 * MIB
+"""'No growth in RSS': at most this much between the 2nd and the last batch of the run."""
+
+
+def _by_target(rows: list[dict[str, Any]], key: str) -> dict[str, dict[str, Any]]:
+    """The rows of scenario ``key`` by target: upstream, smtp, relay, mailrise."""
+    return {r["target"].split(" ")[0]: r for r in rows if r["key"] == key}
+
+
+def _check(
+    name: str, value: float | None, limit: float | None, ok: bool | None, unit: str = ""
+) -> dict[str, Any]:
+    return {
+        "target": name,
+        "value": value,
+        "limit": limit,
+        "unit": unit,
+        "met": None if value is None or limit is None else ok,
+    }
+
+
+def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the issue: the measured value, the limit, met / not met / n/a."""
+    small = _by_target(results["rows"], "small")
+    lat = _by_target(results["rows"], "latency")
+    big = _by_target(results["rows"], "big")
+    relay, peer = small.get("relay", {}), small.get("mailrise", {})
+    limit = min(small["upstream"]["msgs_per_s"] or 0, small["smtp"]["msgs_per_s"] or 0)
+    ratio = round(relay["msgs_per_s"] / limit, 3) if limit and relay.get("msgs_per_s") else None
+    added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
+    rise = big.get("relay", {}).get("rise_over_size")
+    growth = results.get("growth", {}).get("growth_bytes")
+    peer_cpu = peer.get("cpu_s_per_1000")
+    return [
+        _check(
+            "throughput ≥ 70 % of min(a, b), small",
+            ratio,
+            0.70,
+            ratio is not None and ratio >= 0.70,
+            "x min(a, b)",
+        ),
+        _check(
+            "throughput above mailrise, small",
+            relay.get("msgs_per_s"),
+            peer.get("msgs_per_s"),
+            _gt(relay.get("msgs_per_s"), peer.get("msgs_per_s")),
+            "msg/s",
+        ),
+        _check(
+            "CPU per 1,000 small ≤ ½ mailrise's",
+            relay.get("cpu_s_per_1000"),
+            None if peer_cpu is None else round(peer_cpu / 2, 3),
+            _le(relay.get("cpu_s_per_1000"), None if peer_cpu is None else peer_cpu / 2),
+            "s",
+        ),
+        _check("added p50 latency over (a) ≤ 5 ms, C=1", added, 5.0, _le(added, 5.0), "ms"),
+        _check(
+            "peak RSS rise, one big message ≤ 4 x its size", rise, 4.0, _le(rise, 4.0), "x size"
+        ),
+        _check(
+            "no RSS growth over the growth run (≤ 1 MiB)",
+            None if growth is None else round(growth / MIB, 2),
+            RSS_GROWTH_TOLERANCE / MIB,
+            _le(growth, RSS_GROWTH_TOLERANCE),
+            "MiB",
+        ),
+    ]
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(a - b, 3)
+
+
+def _gt(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else a > b
+
+
+def _le(a: float | None, b: float | None) -> bool | None:
+    return None if a is None or b is None else a <= b
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def table(results: dict[str, Any]) -> str:
+    """The whole report as Markdown: results per scenario, then the targets."""
+    lines = [
+        "| scenario | target | msg/s | p50 ms | p95 ms | p99 ms | CPU s / 1,000 msgs "
+        "| peak RSS MiB | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["rows"]:
+        lines.append(
+            f"| {r['scenario']} | {r['target']} | {_fmt(r['msgs_per_s'])} | {_fmt(r['p50_ms'])} "
+            f"| {_fmt(r['p95_ms'])} | {_fmt(r['p99_ms'])} | {_fmt(r['cpu_s_per_1000'], 3)} "
+            f"| {_fmt(r['peak_rss_bytes'] / MIB)} | {r['errors']} |"
+        )
+    lines += [
+        "",
+        *_memory_lines(results),
+        "",
+        "| target | measured | limit | met |",
+        "|---|---:|---:|:---:|",
+    ]
+    for v in results["verdicts"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[v["met"]]
+        lines.append(
+            f"| {v['target']} | {_fmt(v['value'], 3)} {v['unit']} | {_fmt(v['limit'], 3)} | {met} |"
+        )
+    return "\n".join(lines)
+
+
+def _memory_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    for r in (r for r in results["rows"] if r["key"] == "big"):
+        lines.append(
+            f"- {r['target']}: one {_fmt(r['message_bytes'] / MIB)} MiB message raised peak RSS "
+            f"by {_fmt(r['rss_rise_bytes'] / MIB)} MiB over idle {_fmt(r['idle_rss_bytes'] / MIB)}"
+            f" MiB ({r['rise_over_size']} x the message size)."
+        )
+    growth = results.get("growth")
+    if growth:
+        first, last = growth["batches"][0], growth["batches"][-1]
+        lines.append(
+            f"- relay RSS over {growth['messages']:,} small messages: "
+            f"{_fmt(first['rss_bytes'] / MIB)} MiB after {first['messages']:,}, "
+            f"{_fmt(last['rss_bytes'] / MIB)} MiB after "
+            f"{last['messages']:,} (growth since {growth['baseline_after']:,}: "
+            f"{_fmt(growth['growth_bytes'] / MIB, 2)} MiB)."
+        )
+    lat = _by_target(results["rows"], "small")
+    added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
+    if added is not None:
+        conns = lat["relay"]["conns"]
+        lines.append(f"- added p50 latency at C={conns} (queueing included): {added} ms.")
+    return lines

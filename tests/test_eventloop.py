@@ -1,0 +1,45 @@
+"""RELAY_EVENT_LOOP: which loop the relay runs on."""
+
+from __future__ import annotations
+
+import asyncio
+from types import ModuleType
+
+import pytest
+
+from relay.config import ConfigError, Settings
+from relay.eventloop import loop_factory, new_event_loop
+
+
+def _missing(name: str) -> ModuleType:
+    raise ImportError(name)
+
+
+def test_asyncio_choice_is_the_standard_loop() -> None:
+    assert loop_factory("asyncio") is asyncio.new_event_loop
+
+
+def test_auto_falls_back_to_asyncio_without_uvloop() -> None:
+    assert loop_factory("auto", importer=_missing) is asyncio.new_event_loop
+
+
+def test_uvloop_choice_without_uvloop_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="RELAY_EVENT_LOOP"):
+        loop_factory("uvloop", importer=_missing)
+
+
+def test_auto_prefers_uvloop_when_installed() -> None:
+    uvloop = pytest.importorskip("uvloop")
+    assert loop_factory("auto") is uvloop.new_event_loop
+    loop = new_event_loop("uvloop")
+    try:
+        assert isinstance(loop, uvloop.Loop)
+        assert loop.run_until_complete(asyncio.sleep(0, result=42)) == 42
+    finally:
+        loop.close()
+
+
+def test_setting_defaults_to_auto_and_rejects_unknown_loops() -> None:
+    assert Settings(relay_dry_run=True).relay_event_loop == "auto"
+    with pytest.raises(ValueError, match="relay_event_loop"):
+        Settings(relay_dry_run=True, relay_event_loop="trio")
