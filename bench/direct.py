@@ -1,9 +1,11 @@
 """The upstream limit: the relay's own request bodies POSTed straight to the stand-in.
 
 The bodies are what the relay would send for the benchmark's messages (``relay.message
-.translate`` then ``relay.handler.serialise``, computed once up front), POSTed with a
-plain ``httpx.AsyncClient`` (the same headers as the relay, keep-alive, at most C
-connections) by C concurrent workers. Latency is per request, send → response.
+.translate`` then ``relay.handler.serialise``, computed once up front), POSTed with an
+``httpx.AsyncClient`` on the transport the relay would use (``--transport``, the same
+choice as ``AHASEND_API_TRANSPORT``; ``httpx`` is plain httpx), with the relay's headers,
+keep-alive and at most C connections, by C concurrent workers. Latency is per request,
+send → response.
 
 ``python -m bench.direct --base-url URL --conns C --count N --kinds small|mix`` follows
 the ready/go handshake of ``bench.worker`` and prints one JSON result line.
@@ -26,6 +28,7 @@ from bench.loops import new_event_loop
 from bench.worker import emit, own_cpu, percentiles, wait_for_go
 from relay.handler import serialise
 from relay.message import translate
+from relay.transport import build_transport
 
 ACCOUNT_ID = "6a3c1f0e-0000-4000-8000-00000000bec4"
 API_KEY = "aha-sk-bench-" + "0" * 51
@@ -65,7 +68,7 @@ async def _worker(
             errors[f"HTTP {response.status_code}"] += 1
 
 
-async def run(base_url: str, conns: int, bodies: list[bytes]) -> dict[str, Any]:
+async def run(base_url: str, conns: int, bodies: list[bytes], transport: str) -> dict[str, Any]:
     latencies: list[float] = []
     errors: Counter[str] = Counter()
     counter = itertools.count()
@@ -77,7 +80,11 @@ async def run(base_url: str, conns: int, bodies: list[bytes]) -> dict[str, Any]:
     }
     limits = httpx.Limits(max_connections=conns, max_keepalive_connections=conns)
     async with httpx.AsyncClient(
-        base_url=base_url, headers=headers, limits=limits, timeout=30.0
+        base_url=base_url,
+        headers=headers,
+        limits=limits,
+        timeout=30.0,
+        transport=build_transport(transport, conns),
     ) as client:
         cpu0, started = own_cpu(), time.perf_counter()
         await asyncio.gather(
@@ -101,13 +108,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conns", type=int, default=50)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--kinds", default="small", choices=["small", "html", "attach1m", "mix"])
+    parser.add_argument("--transport", default="auto", choices=["auto", "httpx", "aiohttp"])
     parser.add_argument("--loop", default="asyncio", choices=["auto", "asyncio", "uvloop"])
     args = parser.parse_args(argv)
     bodies = request_bodies(args.kinds, args.count)
     loop = new_event_loop(args.loop)
     try:
         wait_for_go()
-        emit(loop.run_until_complete(run(args.base_url, min(args.conns, args.count), bodies)))
+        emit(
+            loop.run_until_complete(
+                run(args.base_url, min(args.conns, args.count), bodies, args.transport)
+            )
+        )
     finally:
         loop.close()
     return 0

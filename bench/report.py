@@ -37,7 +37,7 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     ratio = round(relay["msgs_per_s"] / limit, 3) if limit and relay.get("msgs_per_s") else None
     added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
     rise = big.get("relay", {}).get("rise_over_size")
-    growth = results.get("growth", {}).get("growth_bytes")
+    growth = (results.get("growth") or {}).get("growth_bytes")
     peer_cpu = peer.get("cpu_s_per_1000")
     return [
         _check(

@@ -70,6 +70,7 @@ class Options:
     growth: int = 10_000
     delay_ms: float = 0.0
     relay_loop: str = "auto"
+    relay_transport: str = "auto"
     relay_env: dict[str, str] = field(default_factory=dict)
     mailrise: str | None = None
     out: Path = RESULTS / "latest.json"
@@ -125,6 +126,7 @@ def start_relay(api_port: int, opts: Options) -> Child:
         "RELAY_LOG_FORMAT": "json",
         "RELAY_LOG_LEVEL": "info",
         "RELAY_EVENT_LOOP": opts.relay_loop,
+        "AHASEND_API_TRANSPORT": opts.relay_transport,
         **opts.relay_env,
     }
     popen = subprocess.Popen(
@@ -251,19 +253,26 @@ def smtp_load(
     )
 
 
-def direct_load(standin: Child, kinds: str, conns: int, count: int) -> dict[str, Any]:
+def direct_load(
+    standin: Child, kinds: str, conns: int, count: int, transport: str, loop: str
+) -> dict[str, Any]:
+    url = f"http://127.0.0.1:{standin.port}"
     return _drive(
         [
             "-m",
             "bench.direct",
             "--base-url",
-            f"http://127.0.0.1:{standin.port}",
+            url,
             "--conns",
             str(conns),
             "--count",
             str(count),
             "--kinds",
             kinds,
+            "--transport",
+            transport,
+            "--loop",
+            loop,
         ],
         None,
     )
@@ -282,18 +291,25 @@ class Lab:
     relay: Child
     peer: Child | None
 
-    def targets(self) -> Iterator[tuple[str, Child | None, str]]:
-        yield "upstream (a): httpx → stand-in", None, ""
+    def targets(self, reference: bool = False) -> Iterator[tuple[str, Child | str, str]]:
+        """(label, process or direct transport, recipient) of each target, limits first.
+
+        ``reference`` adds plain httpx POSTing (httpx's own transport) as a reference row.
+        """
+        yield f"upstream (a): httpx[{self.opts.relay_transport}] → stand-in", "relay", ""
+        if reference:
+            yield "reference: plain httpx → stand-in", "httpx", ""
         yield "smtp ingest (b): aiosmtpd sink", self.sink, RELAY_RCPT
         yield "relay", self.relay, RELAY_RCPT
         if self.peer is not None:
             yield f"mailrise {PEER_VERSION}", self.peer, PEER_RCPT
 
     def load(
-        self, target: Child | None, rcpt: str, kinds: str, conns: int, count: int
+        self, target: Child | str, rcpt: str, kinds: str, conns: int, count: int
     ) -> dict[str, Any]:
-        if target is None:
-            return direct_load(self.standin, kinds, conns, count)
+        if isinstance(target, str):
+            transport = self.opts.relay_transport if target == "relay" else target
+            return direct_load(self.standin, kinds, conns, count, transport, self.opts.relay_loop)
         return smtp_load(target, rcpt, kinds, conns, count, self.opts)
 
 
@@ -316,12 +332,12 @@ def _med(values: list[Any]) -> Any:
 
 
 def scenario(
-    lab: Lab, key: str, kinds: str, conns: int, count: int, rounds: int
+    lab: Lab, key: str, kinds: str, conns: int, count: int, rounds: int, reference: bool = False
 ) -> list[dict[str, Any]]:
     """Every target under the same load, ``rounds`` times interleaved; medians per target."""
     runs: dict[str, list[dict[str, Any]]] = {}
     for _ in range(rounds):
-        for label, target, rcpt in lab.targets():
+        for label, target, rcpt in lab.targets(reference):
             runs.setdefault(label, []).append(lab.load(target, rcpt, kinds, conns, count))
     rows = []
     for label, results in runs.items():
@@ -342,7 +358,7 @@ def memory_big(lab: Lab) -> list[dict[str, Any]]:
     """Peak RSS above idle while relaying one ``big`` message, for the relay and the peer."""
     rows = []
     for label, target, rcpt in lab.targets():
-        if target is None or target is lab.sink:
+        if not isinstance(target, Child) or target is lab.sink:
             continue
         time.sleep(0.5)
         idle = procstat.rss_bytes(target.pid)
@@ -435,7 +451,7 @@ def run(opts: Options) -> dict[str, Any]:
 
 def _measure(lab: Lab) -> dict[str, Any]:
     opts = lab.opts
-    rows = scenario(lab, "small", "small", opts.conns, opts.small, opts.rounds)
+    rows = scenario(lab, "small", "small", opts.conns, opts.small, opts.rounds, reference=True)
     rows += scenario(lab, "latency", "small", 1, opts.latency, 1)
     rows += scenario(lab, "mix", "mix", opts.mix_conns, opts.mix, 1)
     rows += memory_big(lab)
@@ -455,6 +471,7 @@ def environment(opts: Options) -> dict[str, Any]:
         "relay_version": __version__,
         "httpx": httpx.__version__,
         "relay_event_loop": opts.relay_loop,
+        "relay_api_transport": opts.relay_transport,
         "relay_env": opts.relay_env,
         "stand_in_delay_ms": opts.delay_ms,
         "quick": opts.quick,
@@ -476,6 +493,7 @@ def parse_args(argv: list[str] | None) -> Options:
     )
     parser.add_argument("--delay-ms", type=float, default=0.0, help="stand-in answer delay")
     parser.add_argument("--relay-loop", default="auto", choices=["auto", "asyncio", "uvloop"])
+    parser.add_argument("--relay-transport", default="auto", choices=["auto", "httpx", "aiohttp"])
     parser.add_argument(
         "--relay-env",
         action="append",
@@ -494,6 +512,7 @@ def parse_args(argv: list[str] | None) -> Options:
         if getattr(args, name) is not None:
             setattr(opts, name, getattr(args, name))
     opts.delay_ms, opts.relay_loop, opts.out = args.delay_ms, args.relay_loop, args.out
+    opts.relay_transport = args.relay_transport
     opts.relay_env = dict(item.split("=", 1) for item in args.relay_env)
     opts.mailrise = setup_peer() if args.setup_peer else args.mailrise
     return opts

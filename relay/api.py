@@ -32,10 +32,12 @@ from relay.replies import (
     sanitize,
 )
 
-__all__ = ["USER_AGENT", "AhaSendClient", "error_for_status"]
+__all__ = ["MAX_CONNECTIONS", "USER_AGENT", "AhaSendClient", "error_for_status"]
 
 log = get_logger("relay.api")
 USER_AGENT: Final = f"ahasend-relay/{__version__}"
+MAX_CONNECTIONS: Final = 100
+"""Connections kept open to the API, at most (all reusable: keep-alive)."""
 _ERROR_FOR_STATUS: Final[dict[int, type[RelayError]]] = {
     400: UpstreamRejected,
     401: RelayMisconfigured,
@@ -58,7 +60,7 @@ class AhaSendClient:
         api_key: str,
         account_id: str,
         timeout: float = 30.0,
-        max_connections: int = 100,
+        max_connections: int = MAX_CONNECTIONS,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._path = f"/v2/accounts/{account_id}/messages/conversation"

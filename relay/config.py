@@ -39,6 +39,7 @@ class Settings(BaseSettings):
     ahasend_account_id: UUID | None = None
     ahasend_api_base_url: HttpUrl = HttpUrl("https://api.ahasend.com")
     ahasend_api_timeout: float = Field(default=30.0, gt=0, le=600)
+    ahasend_api_transport: Literal["auto", "httpx", "aiohttp"] = "auto"
 
     # -- SMTP listener --------------------------------------------------------------
     relay_host: str = "127.0.0.1"

@@ -15,13 +15,14 @@ import signal
 from typing import Any
 
 from relay import __version__
-from relay.api import AhaSendClient
+from relay.api import MAX_CONNECTIONS, AhaSendClient
 from relay.config import Settings
 from relay.delivery import DryRunSender, Sender
 from relay.handler import RelayHandler
 from relay.log import get_logger
 from relay.replies import DRY_RUN_ACCEPTED, QUEUED
 from relay.smtp import RelaySMTP
+from relay.transport import build_transport
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -38,6 +39,7 @@ def build_sender(settings: Settings) -> Sender:
         api_key=settings.ahasend_api_key.get_secret_value(),
         account_id=str(settings.ahasend_account_id),
         timeout=settings.ahasend_api_timeout,
+        transport=build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
     )
 
 
