@@ -33,18 +33,25 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     lat = _by_target(results["rows"], "latency")
     big = _by_target(results["rows"], "big")
     relay, peer = small.get("relay", {}), small.get("mailrise", {})
-    limit = min(small["upstream"]["msgs_per_s"] or 0, small["smtp"]["msgs_per_s"] or 0)
-    ratio = round(relay["msgs_per_s"] / limit, 3) if limit and relay.get("msgs_per_s") else None
+    ratio = _ratio(relay, small["upstream"], small["smtp"])
+    plain = _ratio(relay, small.get("reference:", {}), small["smtp"])
     added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
     rise = big.get("relay", {}).get("rise_over_size")
     growth = (results.get("growth") or {}).get("growth_bytes")
     peer_cpu = peer.get("cpu_s_per_1000")
     return [
         _check(
-            "throughput ≥ 70 % of min(a, b), small",
+            "throughput ≥ 70 % of min(a, b), small; a on the relay's transport",
             ratio,
             0.70,
             ratio is not None and ratio >= 0.70,
+            "x min(a, b)",
+        ),
+        _check(
+            "throughput ≥ 70 % of min(a, b), small; a = plain httpx",
+            plain,
+            0.70,
+            plain is not None and plain >= 0.70,
             "x min(a, b)",
         ),
         _check(
@@ -73,6 +80,18 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             "MiB",
         ),
     ]
+
+
+def _ratio(relay: dict[str, Any], upstream: dict[str, Any], smtp: dict[str, Any]) -> float | None:
+    """The relay's throughput over min(upstream, smtp)."""
+    limit = min(upstream.get("msgs_per_s") or 0, smtp.get("msgs_per_s") or 0)
+    return round(relay["msgs_per_s"] / limit, 3) if limit and relay.get("msgs_per_s") else None
+
+
+def serial_bound(small: dict[str, dict[str, Any]]) -> float | None:
+    """Messages/s if one core did both limits' work in turn: 1 / (1/a + 1/b)."""
+    a, b = small["upstream"].get("msgs_per_s"), small["smtp"].get("msgs_per_s")
+    return round(1 / (1 / a + 1 / b), 1) if a and b else None
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -142,6 +161,13 @@ def _memory_lines(results: dict[str, Any]) -> list[str]:
             f"{_fmt(growth['growth_bytes'] / MIB, 2)} MiB)."
         )
     lat = _by_target(results["rows"], "small")
+    bound = serial_bound(lat)
+    if bound and lat.get("relay", {}).get("msgs_per_s"):
+        share = round(lat["relay"]["msgs_per_s"] / bound * 100)
+        lines.append(
+            f"- one core doing both limits' work in turn would carry 1/(1/a + 1/b) = {bound} "
+            f"msg/s; the relay carries {share} % of that (the rest is MIME work and logging)."
+        )
     added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
     if added is not None:
         conns = lat["relay"]["conns"]

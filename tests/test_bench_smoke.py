@@ -28,5 +28,5 @@ def test_quick_bench_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert ("big", "relay") in keys
     assert all(row["errors"] == 0 and row["sent"] > 0 for row in results["rows"])
     assert len(results["growth"]["batches"]) == 10
-    assert len(results["verdicts"]) == 6
+    assert len(results["verdicts"]) == 7
     assert "| relay |" in done.stdout
