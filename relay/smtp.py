@@ -72,13 +72,13 @@ class RelaySMTP(SMTP):
             await self.push(_DATA_FAILURE[result.outcome])
             self._end_transaction()
             return
-        await self._deliver(result.content)
+        assert self.envelope is not None
+        self.envelope.content = self.envelope.original_content = result.content
+        del result  # the envelope holds the only reference: the handler can free it early
+        await self._deliver()
 
-    async def _deliver(self, content: bytes) -> None:
-        """Hand ``content`` to the handler's DATA hook and answer with its status."""
-        envelope = self.envelope
-        assert envelope is not None
-        envelope.content = envelope.original_content = content
+    async def _deliver(self) -> None:
+        """Run the handler's DATA hook on the envelope and answer with its status."""
         status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
