@@ -166,7 +166,7 @@ def _memory_lines(results: dict[str, Any]) -> list[str]:
         share = round(lat["relay"]["msgs_per_s"] / bound * 100)
         lines.append(
             f"- one core doing both limits' work in turn would carry 1/(1/a + 1/b) = {bound} "
-            f"msg/s; the relay carries {share} % of that (the rest is MIME work and logging)."
+            f"msg/s; the relay carries {share} % of that."
         )
     added = _minus(lat.get("relay", {}).get("p50_ms"), lat.get("upstream", {}).get("p50_ms"))
     if added is not None:
