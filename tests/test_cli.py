@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import smtplib
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import IO, Any
 
 import pytest
 
+from relay import __version__
 from tests.paths import REPO
 
 ACCOUNT = "7b0ef6a2-6a4c-4b1e-9d4e-2a6f0b8c1d11"
@@ -123,8 +125,6 @@ def test_env_file_flag(tmp_path: Any) -> None:
 
 
 def test_port_in_use_is_a_clear_error() -> None:
-    import socket
-
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -135,8 +135,6 @@ def test_port_in_use_is_a_clear_error() -> None:
 
 
 def test_version() -> None:
-    from relay import __version__
-
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"ahasend-relay {__version__}"

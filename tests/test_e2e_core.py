@@ -77,7 +77,8 @@ def test_plain_message_is_forwarded(relay: RunningRelay, standin: StandIn) -> No
     assert body["to"] == [{"email": "ann@example.net", "name": "Ann"}]
     assert body["subject"] == "Hello"
     assert body["text_content"] == "Hi Ann.\n"
-    assert "cc" not in body and "bcc" not in body
+    assert "cc" not in body
+    assert "bcc" not in body
 
 
 def test_envelope_decides_to_cc_bcc(relay: RunningRelay, standin: StandIn) -> None:
@@ -139,7 +140,8 @@ def test_without_message_id_each_transaction_is_new(relay: RunningRelay, standin
          "550 5.7.1 Sending not permitted by AhaSend: 403 missing role"),
         (Scripted(404, {"message": "account not found"}),
          "451 4.3.5 Relay misconfigured, try again later"),
-        (Scripted(409, {"message": "in progress"}, {"Retry-After": "1", "Idempotent-Replayed": "false"}),
+        (Scripted(409, {"message": "in progress"},
+                  {"Retry-After": "1", "Idempotent-Replayed": "false"}),
          "451 4.4.5 Upstream API busy with this message, try again later"),
         (Scripted(413, {"message": "too big"}),
          "552 5.3.4 Message too big for system: 413 too big"),
@@ -336,7 +338,8 @@ def test_one_canonical_log_event_per_message(relay: RunningRelay, standin: Stand
     assert event["reply"] == 250
     assert event["upstream_status"] == 202
     assert event["message_ids"] == list(standin.requests[0].message_ids)
-    assert event["session_id"] and event["peer"].startswith("127.0.0.1:")
+    assert event["session_id"]
+    assert event["peer"].startswith("127.0.0.1:")
     assert isinstance(event["latency_ms"], float)
 
 
