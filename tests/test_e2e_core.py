@@ -150,7 +150,8 @@ def test_without_message_id_each_transaction_is_new(relay: RunningRelay, standin
         (Scripted(429, {"message": "slow down"}, {"Retry-After": "2"}),
          "451 4.4.5 Upstream API rate limit reached, try again later"),
         (Scripted(500, {"message": "oops"}), "451 4.3.0 Upstream API error, try again later"),
-        (Scripted(503, {"message": "maintenance"}), "451 4.3.0 Upstream API error, try again later"),
+        (Scripted(503, {"message": "maintenance"}),
+         "451 4.3.0 Upstream API error, try again later"),
         (Scripted(418, {"message": "teapot"}),
          "451 4.3.0 Unexpected upstream API answer, try again later"),
         (Scripted(500, hang=True), "451 4.4.2 Upstream API timed out, try again later"),
@@ -183,10 +184,8 @@ def test_partial_acceptance_is_250_with_notice(relay: RunningRelay, standin: Sta
     code, text = send(relay, message(To="ann@example.net, bob@example.net"),
                       ["ann@example.net", "bob@example.net"])  # fmt: skip
     assert code == 250
-    assert (
-        text
-        == "2.0.0 Partially queued: 1 recipient(s) refused: bob@example.net (recipient is suppressed)"
-    )
+    refused = "1 recipient(s) refused: bob@example.net (recipient is suppressed)"
+    assert text == f"2.0.0 Partially queued: {refused}"
 
 
 def test_nothing_queued_is_permanent(relay: RunningRelay, standin: StandIn) -> None:
