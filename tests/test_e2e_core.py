@@ -353,7 +353,7 @@ def test_swaks_with_attachment(relay: RunningRelay, standin: StandIn, tmp_path: 
         capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "<~  250 2.0.0 Queued: " in result.stdout
+    assert "<-  250 2.0.0 Queued: " in result.stdout
     body = only_body(standin)
     assert body["subject"] == "nightly report"
     assert body["to"] == [{"email": "ops@example.net"}]
