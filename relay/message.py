@@ -60,6 +60,7 @@ import codecs
 import contextlib
 import email
 import email.errors
+import email.feedparser
 import email.policy
 import email.utils
 import mimetypes
@@ -78,6 +79,7 @@ EMPTY_BODY: Final = "\n"
 """``text_content`` of a message with no text or HTML body: the API requires one of them."""
 
 _POLICY: Final = email.policy.default
+_FEED_CHUNK: Final = 8192
 _EML_POLICY: Final = email.policy.default.clone(linesep="\r\n", refold_source="none")
 # What the stdlib raises on defective input (UnicodeError and HeaderParseError included).
 _PARSE_ERRORS: Final = (
@@ -201,11 +203,25 @@ def translate(raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Translated
 def _parse(raw: bytes) -> Message:
     """The message tree of ``raw``; ``MessageUnparseable`` if even the parser gives up."""
     try:
-        return email.message_from_bytes(raw, policy=_POLICY)
+        return _feed(raw)
     except _PARSE_ERRORS as exc:
         raise MessageUnparseable(
             f"MIME structure cannot be parsed ({type(exc).__name__})"
         ) from None
+
+
+def _feed(raw: bytes) -> Message:
+    """``email.message_from_bytes(raw, policy=_POLICY)``, fed in chunks.
+
+    Same tree (the feed parser is chunk-agnostic and ASCII/surrogateescape decodes byte by
+    byte), but without the whole-message ``str`` and the ``StringIO`` that
+    ``message_from_bytes`` builds (4 bytes per character): for a 20 MiB message the parse
+    peaks ~100 MiB lower (measured by the benchmark, bench/README.md).
+    """
+    parser = email.feedparser.BytesFeedParser(policy=_POLICY)
+    for start in range(0, len(raw), _FEED_CHUNK):
+        parser.feed(raw[start : start + _FEED_CHUNK])
+    return parser.close()
 
 
 # -- strings ---------------------------------------------------------------------------
