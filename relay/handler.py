@@ -125,9 +125,15 @@ class RelayHandler:
     async def _send_all(
         self, translated: Translated, keys: Sequence[str], record: _Record
     ) -> list[Delivery]:
+        """Send each request in turn; consumes ``translated.payloads``.
+
+        Each payload is dropped as soon as it is serialised, so a large attachment's base64
+        is in memory once (in the body) while it is sent, not twice.
+        """
         deliveries = []
-        for payload, key in zip(translated.payloads, keys, strict=True):
-            deliveries.append(await self._sender.send(serialise(payload), key))
+        for key in keys:
+            body = serialise(translated.payloads.pop(0))
+            deliveries.append(await self._sender.send(body, key))
         record.add(
             upstream_status=deliveries[-1].status,
             message_ids=[i for d in deliveries for i in d.message_ids],
