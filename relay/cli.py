@@ -17,6 +17,7 @@ from relay import __version__
 from relay.config import ConfigError, Settings, load_settings
 from relay.eventloop import loop_factory
 from relay.log import configure
+from relay.memory import pin_mmap_threshold
 from relay.server import run
 
 __all__ = ["EX_CONFIG", "EX_OK", "main"]
@@ -88,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=[key])
+    pin_mmap_threshold()
     try:
         with asyncio.Runner(loop_factory=loop_factory(settings.relay_event_loop)) as runner:
             runner.run(run(settings))
