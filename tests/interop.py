@@ -27,19 +27,27 @@ class Served:
         return self.relay.port
 
     def payloads(self, subject: str, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """The accepted request bodies whose subject is ``subject`` (waits until one is)."""
+        """The request bodies with subject ``subject``, once one arrived (or ``timeout``).
+
+        Each must have been valid for the stand-in: an invalid one fails the test.
+        """
         deadline = time.monotonic() + timeout
         while True:
-            found = [r.json for r in self.accepted() if r.json.get("subject") == subject]
+            found = [r for r in list(self.standin.requests) if _subject(r) == subject]
             if found or time.monotonic() > deadline:
-                return found
+                break
             time.sleep(0.05)
+        problems = [(r.json, r.problems) for r in found if r.problems or not r.accepted]
+        assert not problems, f"the stand-in refused requests: {problems}"
+        return [r.json for r in found]
 
     def accepted(self) -> list[Recorded]:
-        """Accepted requests; any request the stand-in found invalid fails the test."""
-        problems = [(r.json, r.problems) for r in list(self.standin.requests) if r.problems]
-        assert not problems, f"the stand-in refused requests: {problems}"
+        """Requests the stand-in accepted."""
         return self.standin.accepted
+
+
+def _subject(request: Recorded) -> Any:
+    return request.json.get("subject") if isinstance(request.json, dict) else None
 
 
 @contextmanager

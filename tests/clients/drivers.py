@@ -45,7 +45,9 @@ def require(*tools: str) -> None:
 
 def run(argv: list[str], *, stdin: bytes | None = None, cwd: Path | None = None) -> str:
     """Run a client; its exit status must be 0. Returns its combined output."""
-    done = subprocess.run(argv, input=stdin, capture_output=True, timeout=TIMEOUT, cwd=cwd)
+    done = subprocess.run(
+        argv, input=stdin, check=False, capture_output=True, timeout=TIMEOUT, cwd=cwd
+    )
     output = (done.stdout + done.stderr).decode(errors="replace")
     assert done.returncode == 0, f"{argv[0]} exited {done.returncode}:\n{output[-3000:]}"
     return output
@@ -116,7 +118,8 @@ def send_mutt(s: Scenario, port: int, work: Path) -> None:
     settings = [
         f"set smtp_url=smtp://127.0.0.1:{port}/", f"set from='Matrix App <{s.sender}>'",
         "set use_from=yes", "set hostname=client.test", "set record=", "set copy=no",
-        "set ssl_starttls=no", "set ssl_force_tls=no", "set charset=utf-8", "set send_charset=utf-8",
+        "set ssl_starttls=no", "set ssl_force_tls=no", "set charset=utf-8",
+        "set send_charset=utf-8",
     ]  # fmt: skip
     if s.kind == "html_inline":
         settings.append("set content_type=text/html")
