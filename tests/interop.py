@@ -1,30 +1,46 @@
 """Support for the interoperability tests: a relay forwarding to a stand-in, and look-ups.
 
-``serving()`` starts the stand-in AhaSend API and a real relay on loopback ports (the
-relay from ``tests.harness``, in a background thread) and yields both; test modules wrap
-it in a module-scoped fixture so one relay serves a whole matrix.
+Two ways to run the relay, both on 127.0.0.1 port 0 in front of a stand-in AhaSend API:
+
+- ``serving(**settings)``: ``tests.harness``'s relay in a background thread (settings as
+  keyword arguments; used by the protocol-quirk tests);
+- ``serving_process(**env)``: the real daemon, ``python -m relay``, configured through
+  its environment, its port read from its ``listening`` log event (stdout and stderr
+  are read together), stopped with SIGTERM
+  (used by the client matrix and the corpus replay).
+
+Test modules wrap either in a module-scoped fixture so one relay serves many tests.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import IO, Any
 
-from tests.harness import RunningRelay, running_relay, settings_for
+from tests.harness import running_relay, settings_for
+from tests.paths import REPO
 from tests.standin import Recorded, StandIn
+
+START_TIMEOUT = 15.0
+_PORT = re.compile(r"\"?port\"?\s*[=:]\s*(\d+)")
 
 
 @dataclass
 class Served:
-    relay: RunningRelay
-    standin: StandIn
+    """A running relay (``port``) and the stand-in it forwards to; ``logs`` of a process."""
 
-    @property
-    def port(self) -> int:
-        return self.relay.port
+    port: int
+    standin: StandIn
+    logs: list[str] = field(default_factory=list)
 
     def payloads(self, subject: str, timeout: float = 10.0) -> list[dict[str, Any]]:
         """The request bodies with subject ``subject``, once one arrived (or ``timeout``).
@@ -51,7 +67,77 @@ def _subject(request: Recorded) -> Any:
 
 
 @contextmanager
-def serving(**overrides: Any) -> Iterator[Served]:
-    """A stand-in and a relay forwarding to it; ``overrides`` are Settings fields."""
-    with StandIn() as standin, running_relay(settings_for(standin, **overrides)) as relay:
-        yield Served(relay, standin)
+def serving(**settings: Any) -> Iterator[Served]:
+    """A stand-in and an in-thread relay forwarding to it; ``settings`` are Settings fields."""
+    with StandIn() as standin, running_relay(settings_for(standin, **settings)) as relay:
+        yield Served(relay.port, standin)
+
+
+@contextmanager
+def serving_process(**env: str) -> Iterator[Served]:
+    """A stand-in and a ``python -m relay`` process forwarding to it; ``env`` adds variables."""
+    with StandIn() as standin:
+        environ = (
+            os.environ
+            | {
+                "AHASEND_API_KEY": standin.api_key,
+                "AHASEND_ACCOUNT_ID": standin.account_id,
+                "AHASEND_API_BASE_URL": standin.base_url,
+                "RELAY_HOST": "127.0.0.1",
+                "RELAY_PORT": "0",
+                "RELAY_HOSTNAME": "relay.test",
+                "RELAY_LOG_FORMAT": "json",
+                "RELAY_SHUTDOWN_TIMEOUT": "2",
+                "RELAY_DRY_RUN": "false",
+            }
+            | env
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-m", "relay"], cwd=REPO, env=environ,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        logs: list[str] = []
+        pump = _drain(process.stdout, logs)
+        try:
+            served = Served(_wait_listening(process, logs), standin, logs)
+            yield served
+            assert process.poll() is None, "the relay process died during the tests"
+        finally:
+            _terminate(process)
+            pump.join(10)
+            if process.stdout is not None:
+                process.stdout.close()
+
+
+def _wait_listening(process: subprocess.Popen[bytes], logs: list[str]) -> int:
+    """The port from the relay's ``listening`` log event (JSON or console format)."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in list(logs):
+            if "listening" in line and (match := _PORT.search(line)):
+                return int(match.group(1))
+        time.sleep(0.05)
+    raise AssertionError(f"the relay did not start listening:\n{''.join(logs)[-3000:]}")
+
+
+def _drain(stream: IO[bytes] | None, into: list[str]) -> threading.Thread:
+    """Read ``stream`` into ``into`` in a thread, so the relay never blocks on a full pipe."""
+    assert stream is not None
+
+    def pump() -> None:
+        for line in stream:
+            into.append(line.decode(errors="replace"))
+
+    thread = threading.Thread(target=pump, daemon=True)
+    thread.start()
+    return thread
+
+
+def _terminate(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)

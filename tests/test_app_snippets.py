@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop import Served, serving
+from tests.interop import Served, serving_process
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    with serving() as served:
+    with serving_process() as served:
         yield served
 
 

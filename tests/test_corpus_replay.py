@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.interop import Served, serving
+from tests.interop import Served, serving_process
 from tests.paths import CORPUS
 
 pytestmark = pytest.mark.e2e
@@ -40,7 +40,7 @@ def as_crlf(raw: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
-    with serving() as served:
+    with serving_process() as served:
         yield served
 
 
