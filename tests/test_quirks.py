@@ -119,6 +119,19 @@ def test_8bit_body_without_8bitmime_from_a_helo_only_client(served: Served) -> N
     assert "Caf\u00e9 d\u00e9j\u00e0 vu" in text_of(served, "8bit")
 
 
+def test_helo_client_may_still_send_esmtp_parameters(served: Served) -> None:
+    """Postfix accepts BODY=/SIZE= after HELO; so does the relay (aiosmtpd alone says 501)."""
+    with RawSMTP(served.port) as smtp:
+        assert smtp.cmd("HELO old-client").startswith("250 ")
+        assert smtp.cmd("MAIL FROM:<app@example.com> BODY=8BITMIME SIZE=300").startswith("250 ")
+        assert smtp.cmd("RCPT TO:<alice@example.net>").startswith("250 ")
+        assert smtp.cmd("DATA").startswith("354")
+        utf8 = b"Content-Type: text/plain; charset=utf-8\r\n"
+        smtp.send(message("helo params", "Gr\u00fc\u00dfe".encode(), utf8))
+        assert smtp.reply().startswith("250 2.0.0")
+    assert "Gr\u00fc\u00dfe" in text_of(served, "helo params")
+
+
 def test_latin1_body_without_mime_headers_is_accepted(served: Served, smtp: RawSMTP) -> None:
     smtp.envelope()
     smtp.send(message("latin1", b"\xe9t\xe9", b"Content-Type: text/plain; charset=iso-8859-1\r\n"))
