@@ -67,7 +67,10 @@ def test_every_corpus_message_gets_250_or_a_clean_5xx_with_smtplib(served: Serve
     assert transient == {}, f"4xx (internal errors?) for {len(transient)} messages"
     accepted = sum(1 for code, _ in outcomes.values() if code == 250)
     assert accepted >= len(outcomes) * 0.9, f"only {accepted} of {len(outcomes)} accepted"
-    assert len(served.accepted()) >= accepted
+    # Every 250 stands for at least one request answered 2xx (idempotent replays included:
+    # the corpus holds a few identical messages).
+    answered = [r for r in served.standin.requests if 200 <= r.response_status < 300]
+    assert len(answered) >= accepted
 
 
 def smtp_source(path: Path, port: int) -> str | None:

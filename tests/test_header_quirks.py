@@ -28,13 +28,20 @@ def served() -> Iterator[Served]:
 def send(
     served: Served, headers: str, rcpts: list[str], sender: str = "cron@example.com", **kw: Any
 ) -> dict[str, Any]:
-    """Send ``headers`` + a body; assert 250; the one payload the stand-in got."""
+    """Send ``headers`` + a body; assert 250; the payload the stand-in got.
+
+    When the relay split the message into several requests (one per Bcc recipient), the
+    first one with the recipient lists of all of them merged.
+    """
     subject = headers.split("Subject: ", 1)[1].split("\r\n", 1)[0]
     raw = (headers + "\r\nBody of " + subject + "\r\n").encode()
     with smtplib.SMTP("127.0.0.1", served.port, timeout=10) as smtp:
         assert smtp.sendmail(sender, rcpts, raw, **kw) == {}
-    [payload] = served.payloads(subject)
-    return payload
+    first, *others = served.payloads(subject)
+    merged = dict(first)
+    for field in ("to", "cc", "bcc"):
+        merged[field] = [a for p in (first, *others) for a in p.get(field, [])]
+    return merged
 
 
 def recipients(payload: dict[str, Any], field: str) -> list[str]:

@@ -85,7 +85,9 @@ class Scenario:
         if self.kind == "html_inline":
             msg.add_alternative(self.html, subtype="html")
             html_part = msg.get_payload()[1]
-            html_part.add_related(PNG, "image", "png", cid=f"<{CID}>", filename="logo.png")
+            html_part.add_related(
+                PNG, "image", "png", cid=f"<{CID}>", disposition="inline", filename="logo.png"
+            )
         for name, data in self.files.items():
             msg.add_attachment(data, "application", "pdf", filename=name)
         return msg
