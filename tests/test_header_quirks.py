@@ -3,7 +3,9 @@
 Cron scripts omit From, Date and Message-ID; old mailers put several mailboxes in From
 (with Sender naming the one that sent it); "undisclosed-recipients:;" and other group
 syntax appear in To/Cc; newer ones use IDN domains and UTF-8 mailboxes (SMTPUTF8).
-Each must be accepted (250) and forwarded with the right addresses.
+Each must be accepted (250) and forwarded with the right addresses. These run against
+the real ``python -m relay`` process with default settings, so the last test also proves
+the default line-length bound.
 """
 
 from __future__ import annotations
@@ -104,3 +106,18 @@ def test_smtputf8_mailboxes(served: Served) -> None:
     payload = send(served, headers, [rcpt], sender=sender, mail_options=["SMTPUTF8"])
     assert payload["from"]["email"] == sender
     assert everyone(payload) == [rcpt]
+
+
+def test_default_line_bound_takes_a_50000_octet_html_line(served: Served) -> None:
+    """Old HTML generators write a whole page on one line; the default bound is 64 KiB."""
+    html = "<html><body>" + "<td>cell</td>" * 3800 + "</body></html>"
+    assert len(html) > 49_000
+    headers = (
+        "From: app@example.com\r\nTo: alice@example.net\r\nSubject: one-line html\r\n"
+        "Content-Type: text/html; charset=us-ascii\r\n"
+    )
+    raw = (headers + "\r\n" + html + "\r\n").encode()
+    with smtplib.SMTP("127.0.0.1", served.port, timeout=10) as smtp:
+        assert smtp.sendmail("app@example.com", ["alice@example.net"], raw) == {}
+    [payload] = served.payloads("one-line html")
+    assert html in payload["html_content"]
