@@ -130,8 +130,7 @@ def send_mutt(s: Scenario, port: int, work: Path) -> None:
     files = [str(p) for p in _write_files(s, work)]
     argv += (["-a", *files] if files else []) + ["--", s.to]
     body = s.html if s.kind == "html_inline" else s.text
-    _home(work)
-    run(argv, stdin=body.encode(), cwd=work)
+    run(argv, stdin=body.encode(), cwd=_home(work))
 
 
 def send_s_nail(s: Scenario, port: int, work: Path) -> None:
@@ -192,7 +191,7 @@ def _flags(flag: str, values: tuple[str, ...]) -> list[str]:
 
 
 def _home(work: Path) -> Path:
-    """An empty HOME-like directory so no user configuration is read."""
+    """An empty working directory for clients that may write files beside them."""
     (home := work / "home").mkdir(exist_ok=True)
     return home
 
