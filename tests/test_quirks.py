@@ -48,23 +48,26 @@ def text_of(served: Served, subject: str) -> str:
 
 
 def test_lines_over_998_octets_are_accepted_up_to_the_bound(served: Served, smtp: RawSMTP) -> None:
-    line = b"<td>" + b"x" * (LIMIT - 12) + b"</td>"  # LIMIT - 2 octets with its CRLF
+    line = b"<td>" + b"x" * (LIMIT - 11) + b"</td>"  # exactly LIMIT octets with its CRLF
+    assert len(line + b"\r\n") == LIMIT
     smtp.envelope()
     smtp.send(message("long line", line))
     assert smtp.reply().startswith("250 2.0.0")
     assert line.decode() in text_of(served, "long line")
 
 
+@pytest.mark.parametrize("length", [LIMIT + 1, LIMIT * 3], ids=["bound+1", "3x"])
 def test_a_line_over_the_bound_is_refused_with_500_5_5_2_and_the_session_goes_on(
-    served: Served, smtp: RawSMTP
+    served: Served, smtp: RawSMTP, length: int
 ) -> None:
+    subject = f"too long {length}"
     smtp.envelope()
-    smtp.send(message("too long", b"y" * (LIMIT * 3)))
+    smtp.send(message(subject, b"y" * (length - 2)))
     assert smtp.reply() == "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
     smtp.envelope()
-    smtp.send(message("after too long", b"fine"))
+    smtp.send(message(f"after {subject}", b"fine"))
     assert smtp.reply().startswith("250 2.0.0")
-    assert served.payloads("too long", timeout=0.2) == []
+    assert served.payloads(subject, timeout=0.2) == []
 
 
 def test_too_much_data_is_refused_with_552_5_3_4(served: Served, smtp: RawSMTP) -> None:
