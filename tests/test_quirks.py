@@ -100,6 +100,19 @@ def test_bare_lf_or_cr_dots_never_end_data(served: Served, smtp: RawSMTP, fake_e
     assert "victim@example.net" not in recipients
 
 
+def test_commands_ending_in_bare_lf_are_understood(served: Served) -> None:
+    """Scripts that talk SMTP through netcat send commands with LF only."""
+    with RawSMTP(served.port) as smtp:
+        for command in (b"HELO script", b"MAIL FROM:<a@example.com>", b"RCPT TO:<b@example.net>"):
+            smtp.send(command + b"\n")
+            assert smtp.reply().startswith("250 ")
+        smtp.send(b"DATA\n")
+        assert smtp.reply().startswith("354 ")
+        smtp.send(message("bare lf commands", b"hi"))
+        assert smtp.reply().startswith("250 2.0.0")
+    assert "hi" in text_of(served, "bare lf commands")
+
+
 def test_nul_bytes_in_content_do_not_end_or_break_data(served: Served, smtp: RawSMTP) -> None:
     smtp.envelope()
     smtp.send(message("nul", b"before\x00nul\r\n\x00.\r\nafter nul"))
