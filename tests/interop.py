@@ -75,7 +75,10 @@ def serving(**settings: Any) -> Iterator[Served]:
 
 @contextmanager
 def serving_process(**env: str) -> Iterator[Served]:
-    """A stand-in and a ``python -m relay`` process forwarding to it; ``env`` adds variables."""
+    """A stand-in and a ``python -m relay`` process forwarding to it; ``env`` adds variables.
+
+    On exit the process must still be running and must not have logged an internal error.
+    """
     with StandIn() as standin:
         environ = (
             os.environ
@@ -102,6 +105,8 @@ def serving_process(**env: str) -> Iterator[Served]:
             served = Served(_wait_listening(process, logs), standin, logs)
             yield served
             assert process.poll() is None, "the relay process died during the tests"
+            bugs = [line for line in logs if "internal_error" in line or "Traceback" in line]
+            assert not bugs, f"the relay logged internal errors:\n{''.join(bugs)[-3000:]}"
         finally:
             _terminate(process)
             pump.join(10)
