@@ -75,7 +75,7 @@ class AdminServer:
             writer.close()
             return
         status, ctype, body = self._respond(head)
-        await _write(writer, status, ctype, b"" if head.startswith(b"HEAD ") else body.encode())
+        await _write(writer, status, ctype, body.encode(), head_only=head.startswith(b"HEAD "))
 
     def _respond(self, head: bytes) -> tuple[int, str, str]:
         """(status, content type, body) for a request ``head``."""
@@ -102,13 +102,16 @@ class AdminServer:
         return 404, "text/plain", "not found\n"
 
 
-async def _write(writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes) -> None:
+async def _write(
+    writer: asyncio.StreamWriter, status: int, ctype: str, body: bytes, *, head_only: bool = False
+) -> None:
+    """Send the response (headers only for HEAD) and close the connection."""
     head = (
         f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     with contextlib.suppress(ConnectionError):
-        writer.write(head.encode("ascii") + body)
+        writer.write(head.encode("ascii") + (b"" if head_only else body))
         await writer.drain()
     writer.close()
     with contextlib.suppress(ConnectionError):
