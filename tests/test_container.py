@@ -86,8 +86,7 @@ def image_env(venv: Path, **overrides: str) -> dict[str, str]:
     """The final stage's ENV, with the virtualenv where the image has /opt/ahasend-relay."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     for key, value in parse()[-1].env().items():
-        value = value.replace(IMAGE_VENV, str(venv))
-        env[key] = value.replace("$PATH", env["PATH"])
+        env[key] = value.replace(IMAGE_VENV, str(venv)).replace("$PATH", env["PATH"])
     return env | overrides
 
 
