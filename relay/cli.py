@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import smtplib
 import sys
 from collections.abc import Callable, Sequence
@@ -22,6 +23,7 @@ from relay import __version__
 from relay.api import AhaSendClient
 from relay.config import ConfigError, Settings, load_settings
 from relay.health import connect_host, probe
+from relay.http_admin import AdminListenError
 from relay.log import configure
 from relay.replies import RelayError, RelayMisconfigured, UpstreamForbidden
 from relay.server import build_sender, run
@@ -101,6 +103,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=[key])
     try:
         asyncio.run(run(settings))
+    except AdminListenError as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_OSERR
     except OSError as exc:  # the listener could not bind
         print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
@@ -169,18 +174,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 def summary(settings: Settings) -> list[tuple[str, str]]:
     """(VARIABLE, shown value) for every setting an operator sets; secrets masked."""
-    shown = []
-    for name, value in settings.model_dump().items():
-        if name in _SYSTEMD_VARIABLES:
-            continue
-        if isinstance(value, SecretStr):
-            text = f"[set, {len(value.get_secret_value())} characters]" if value else "[unset]"
-        else:
-            text = "" if value is None else str(value)
-        shown.append((name.upper(), text))
-    return shown
+    return [
+        (name.upper(), _shown(name, value))
+        for name, value in settings.model_dump().items()
+        if name not in _SYSTEMD_VARIABLES
+    ]
 
 
+def _shown(name: str, value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    elif not _SECRET_NAME.search(name):
+        return "" if value is None else str(value)
+    return f"[set, {len(str(value))} characters]" if value else "[unset]"
+
+
+_SECRET_NAME = re.compile(r"key|secret|password|token", re.IGNORECASE)
 _SYSTEMD_VARIABLES = frozenset({"notify_socket", "watchdog_usec", "watchdog_pid"})
 
 

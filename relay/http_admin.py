@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from relay.log import get_logger
 
-__all__ = ["AdminServer", "Readiness"]
+__all__ = ["AdminListenError", "AdminServer", "Readiness"]
 
 log = get_logger("relay.http_admin")
 Readiness = Callable[[], tuple[bool, str]]
@@ -35,6 +35,10 @@ _REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+class AdminListenError(OSError):
+    """The metrics port could not be bound; ``str()`` names the address."""
 
 
 class AdminServer:
@@ -55,9 +59,14 @@ class AdminServer:
         return port
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(
-            self._serve, self.host, self._port, limit=_MAX_HEAD
-        )
+        try:
+            self._server = await asyncio.start_server(
+                self._serve, self.host, self._port, limit=_MAX_HEAD
+            )
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            message = f"cannot serve metrics on {self.host}:{self._port}: {why}"
+            raise AdminListenError(message) from exc
         log.info("admin_listening", host=self.host, port=self.port)
 
     async def stop(self) -> None:

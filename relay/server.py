@@ -89,7 +89,12 @@ class RelayServer:
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
         if self.admin is not None:
-            await self.admin.start()
+            try:
+                await self.admin.start()
+            except OSError:
+                self._server.close()
+                await self.sender.aclose()
+                raise
 
     @property
     def listening(self) -> bool:
@@ -172,7 +177,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
     )
     await server.start()
-    notifier.ready(f"listening on {settings.relay_host}:{server.port}")
+    notifier.ready(f"listening on {settings.relay_host}:{server.port}", lambda: server.listening)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import socket
+from collections.abc import Callable
 
 from relay.log import get_logger
 
@@ -64,12 +65,15 @@ class Notifier:
             return False
         return True
 
-    def ready(self, status: str = "") -> None:
-        """Tell systemd the service is up, and start the watchdog pings if asked for."""
+    def ready(self, status: str = "", healthy: Callable[[], bool] = lambda: True) -> None:
+        """Tell systemd the service is up, and start the watchdog pings if asked for.
+
+        Each ping is sent from the running event loop and only while ``healthy()`` holds.
+        """
         self.notify(f"READY=1\nSTATUS={status}" if status else "READY=1")
         interval = self.watchdog_interval
         if interval is not None and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._watchdog(interval))
+            self._task = asyncio.get_running_loop().create_task(self._watchdog(interval, healthy))
 
     async def stopping(self) -> None:
         """Tell systemd shutdown has begun and stop the watchdog pings."""
@@ -80,9 +84,10 @@ class Notifier:
             self._task = None
         self.notify("STOPPING=1")
 
-    async def _watchdog(self, interval: float) -> None:
+    async def _watchdog(self, interval: float, healthy: Callable[[], bool]) -> None:
         while True:
-            self.notify("WATCHDOG=1")
+            if healthy():
+                self.notify("WATCHDOG=1")
             await asyncio.sleep(interval)
 
 

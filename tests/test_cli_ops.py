@@ -11,7 +11,7 @@ import pytest
 
 from relay import __version__
 from relay.api import AhaSendClient
-from relay.cli import EX_CONFIG, EX_OK, _check_online
+from relay.cli import EX_CONFIG, EX_OK, _check_online, summary
 from relay.config import Settings
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.ops_support import run_cli, standin_env
@@ -258,3 +258,21 @@ def test_healthcheck_with_invalid_settings_exits_78() -> None:
     result = run_cli("healthcheck", RELAY_PORT="smtp")
     assert result.returncode == EX_CONFIG
     assert "RELAY_PORT" in result.stderr
+
+
+def test_serve_with_the_metrics_port_taken_exits_71() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", "--dry-run", "--port", "0", RELAY_METRICS_PORT=str(port),
+                         RELAY_LOG_FORMAT="json")  # fmt: skip
+    assert result.returncode == 71
+    assert f"ahasend-relay: cannot serve metrics on 127.0.0.1:{port}: " in result.stderr
+
+
+def test_summary_masks_secret_settings() -> None:
+    shown = dict(summary(Settings(ahasend_api_key="aha-sk-abc", ahasend_account_id=OTHER_ACCOUNT)))
+    assert shown["AHASEND_API_KEY"] == "[set, 10 characters]"
+    assert shown["AHASEND_ACCOUNT_ID"] == OTHER_ACCOUNT
+    assert "NOTIFY_SOCKET" not in shown

@@ -107,3 +107,19 @@ def test_real_relay_notifies_ready_on_an_abstract_socket(tmp_path: Path) -> None
         with relay_process(tmp_path, "--dry-run", NOTIFY_SOCKET="@" + name) as relay:
             assert receive_until(sock, "READY=1")
             assert relay.stop() == 0
+
+
+async def test_watchdog_pings_only_while_healthy(notify_socket: tuple[socket.socket, str]) -> None:
+    sock, path = notify_socket
+    sock.setblocking(False)
+    healthy = [False]
+    notifier = Notifier(path, watchdog_usec=20_000)
+    notifier.ready(healthy=lambda: healthy[0])
+    loop = asyncio.get_running_loop()
+    assert await loop.sock_recv(sock, 4096) == b"READY=1"
+    await asyncio.sleep(0.1)  # several intervals, no ping while unhealthy
+    with pytest.raises(BlockingIOError):
+        sock.recv(4096)
+    healthy[0] = True
+    assert await asyncio.wait_for(loop.sock_recv(sock, 4096), 2) == b"WATCHDOG=1"
+    await notifier.stopping()
