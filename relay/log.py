@@ -13,7 +13,6 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = ["SecretScrubber", "configure", "get_logger"]
@@ -104,9 +103,5 @@ def _processors(fmt: str, scrubber: SecretScrubber) -> list[Processor]:
 
 
 def get_logger(name: str) -> Any:
-    """A lazy structlog logger bound to ``logger=name``: it follows later ``configure()``."""
-    # A lazy proxy, resolved on each call: modules call get_logger at import time, before
-    # the CLI runs configure(); binding eagerly would freeze structlog's default (console)
-    # configuration into them. ``get_logger(logger=...)`` collides with wrap_logger's
-    # parameter name, hence the proxy itself.
-    return BoundLoggerLazyProxy(None, initial_values={"logger": name}, logger_factory_args=())
+    """A lazy structlog logger bound to ``logger_name=name``; it follows later ``configure``."""
+    return structlog.get_logger(logger_name=name)
