@@ -16,13 +16,16 @@ from typing import Any
 from relay import __version__
 from relay.config import ConfigError, Settings, load_settings
 from relay.log import configure
+from relay.queue_cli import add_queue_commands, run_queue_command
 from relay.server import run
+from relay.spool import Spool, SpoolUnavailable
 
 __all__ = ["EX_CONFIG", "EX_OK", "main"]
 
 EX_OK = 0
 EX_USAGE = 64
 EX_OSERR = 71
+EX_CANTCREAT = 73
 EX_CONFIG = 78
 
 Command = Callable[[argparse.Namespace], int]
@@ -55,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (RELAY_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (RELAY_PORT)")
     serve.set_defaults(command=cmd_serve)
+    queue = commands.add_parser("queue", help="list, show, retry or delete spooled messages")
+    _add_settings_options(queue)
+    queue.add_argument("--spool-dir", type=Path, help="the spool directory (RELAY_SPOOL_DIR)")
+    add_queue_commands(queue)
+    queue.set_defaults(command=cmd_queue)
     return parser
 
 
@@ -89,8 +97,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=[key])
     try:
         asyncio.run(run(settings))
+    except SpoolUnavailable as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
     except OSError as exc:  # the listener could not bind
         print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
         return EX_OSERR
     return EX_OK
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """Run a ``queue`` subcommand against the spool (works while the daemon runs)."""
+    # The queue tools never call the API, so they do not need its credentials.
+    settings = load_settings(getattr(args, "env_file", None), relay_dry_run=True)
+    directory = args.spool_dir or settings.relay_spool_dir
+    if directory is None:
+        raise ConfigError("RELAY_SPOOL_DIR (or --spool-dir) must name the spool directory")
+    if not directory.is_dir():
+        print(f"ahasend-relay: no spool at {directory}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        spool = Spool(directory)
+    except SpoolUnavailable as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    try:
+        return run_queue_command(args, spool, settings.relay_spool_max_age, sys.stdout)
+    finally:
+        spool.close()

@@ -4,8 +4,17 @@
 ``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
 the serve and restores them afterwards.
 
-Shutdown order: stop accepting connections, give sessions in flight up to
-``RELAY_SHUTDOWN_TIMEOUT`` seconds to finish, close the rest, then close the sender.
+Delivery stack: the handler sends through ``RetryingSender`` (retries within the
+transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
+``RELAY_SPOOL_DIR`` set, transient failures are spooled and a ``SpoolWorker`` task
+delivers them through the same ``PacedSender``.
+
+Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the listener
+stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
+transactions get 421 and are closed; a transaction in flight finishes and its session
+then gets 421. Sessions still open at the end are closed. Then the spool worker is
+stopped at a safe point (cancelled if it overruns; a spooled row only changes after the
+API answered), the listener and the sender are closed.
 """
 
 from __future__ import annotations
@@ -16,12 +25,18 @@ from typing import Any
 
 from relay import __version__
 from relay.api import AhaSendClient
+from relay.bounce import Bouncer
 from relay.config import Settings
 from relay.delivery import DryRunSender, Sender
+from relay.dispatch import Dispatcher, SpoolPolicy
 from relay.handler import RelayHandler
 from relay.log import get_logger
-from relay.replies import DRY_RUN_ACCEPTED, QUEUED
+from relay.pacing import PacedSender, TokenBucket
+from relay.replies import DRY_RUN_ACCEPTED, QUEUED, SERVICE_NOT_AVAILABLE
+from relay.retry import RetryingSender
 from relay.smtp import RelaySMTP
+from relay.spool import Spool
+from relay.worker import SpoolWorker, WorkerPolicy
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -47,13 +62,20 @@ class RelayServer:
     def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
         self.sender = sender if sender is not None else build_sender(settings)
+        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
+        paced = _paced(self.sender, settings)
+        front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
         self.handler = RelayHandler(
-            self.sender,
+            front,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
+            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
         )
+        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
-        self._sessions: set[RelaySMTP] = set()
+        self._sessions: set[_TrackedSMTP] = set()
+        self._draining = False
 
     @property
     def port(self) -> int:
@@ -70,17 +92,43 @@ class RelayServer:
         )
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let sessions finish within ``grace`` seconds, close the rest."""
+        """Refuse new work, let transactions finish within ``grace`` seconds, then close.
+
+        See the module docstring for the order. Returns when everything is closed.
+        """
         grace = self.settings.relay_shutdown_timeout if grace is None else grace
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        self._draining = True
+        for session in list(self._sessions):
+            session.drain()
+        abandoned = await _finish_sessions(self._sessions, grace)
         if self._server is not None:
             self._server.close()
-        abandoned = await _finish_sessions(self._sessions, grace)
+        await self._stop_worker(max(ends - loop.time(), 0.5))
         await self.sender.aclose()
+        if self.spool is not None:
+            self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
-    def _new_session(self) -> RelaySMTP:
+    async def _stop_worker(self, grace: float) -> None:
+        """Stop the worker after its round in progress; cancel it past ``grace``."""
+        if self.worker is None or self._worker_task is None:
+            return
+        self.worker.stop()
+        done, _ = await asyncio.wait([self._worker_task], timeout=grace)
+        if not done:
+            log.warning("worker_cancelled", grace_s=round(grace, 1))
+            self._worker_task.cancel()
+        await asyncio.gather(self._worker_task, return_exceptions=True)
+
+    def _new_session(self) -> asyncio.Protocol:
+        if self._draining:
+            return _Refuser()
         session = _TrackedSMTP(
             self.handler,
             self._sessions,
@@ -96,7 +144,40 @@ class RelayServer:
         return session
 
 
-async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
+def _paced(sender: Sender, settings: Settings) -> PacedSender:
+    bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
+    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
+
+
+def _spool_policy(settings: Settings) -> SpoolPolicy:
+    return SpoolPolicy(
+        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
+    )
+
+
+def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
+    policy = WorkerPolicy(
+        retry_min=settings.relay_spool_retry_min,
+        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
+        max_age=settings.relay_spool_max_age,
+        poll_interval=min(5.0, settings.relay_spool_retry_min),
+    )
+    bouncer = None
+    if settings.relay_bounce_notices and settings.relay_bounce_from:
+        bouncer = Bouncer(sender, settings.relay_bounce_from)
+    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+
+
+class _Refuser(asyncio.Protocol):
+    """A connection that arrives while the relay shuts down: ``421 4.3.2``, then close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+        transport.close()
+
+
+async def _finish_sessions(sessions: set[_TrackedSMTP], grace: float) -> int:
     """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
     tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
     if not tasks:
@@ -109,11 +190,38 @@ async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
 
 
 class _TrackedSMTP(RelaySMTP):
-    """A session that leaves its server's registry when its connection closes."""
+    """A session that leaves its server's registry when its connection closes.
 
-    def __init__(self, handler: Any, registry: set[RelaySMTP], **kwargs: Any) -> None:
+    ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
+    right after the transaction in progress ends (DATA answered, or RSET).
+    """
+
+    def __init__(self, handler: Any, registry: set[_TrackedSMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._registry = registry
+        self._draining = False
+
+    def drain(self) -> None:
+        self._draining = True
+        if self.envelope is None or self.envelope.mail_from is None:
+            self._refuse()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        await super().smtp_DATA(arg)
+        if self._draining:
+            self._refuse()
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        if self._draining:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Send ``421 4.3.2`` and close (the write is flushed before the close)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+            transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
