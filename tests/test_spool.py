@@ -59,7 +59,11 @@ def test_an_added_entry_is_visible_to_another_connection(
     assert entry.body == b'{"subject":"hi"}'
     assert entry.idempotency_key == "k1"
     assert entry.rcpt_tos == ("a@example.org", "b@example.org")
-    assert (entry.state, entry.attempts, entry.last_error) == ("queued", 0, "UpstreamServerError: 503")
+    assert (entry.state, entry.attempts, entry.last_error) == (
+        "queued",
+        0,
+        "UpstreamServerError: 503",
+    )
     assert entry.next_attempt == time.now + 30
     assert entry.expires == time.now + 3600
 
@@ -70,9 +74,7 @@ def test_the_same_key_is_stored_once(spool: Spool) -> None:
     assert len(spool.entries()) == 2
 
 
-def test_due_returns_entries_whose_time_has_come_oldest_first(
-    spool: Spool, time: FakeTime
-) -> None:
+def test_due_returns_entries_whose_time_has_come_oldest_first(spool: Spool, time: FakeTime) -> None:
     late = add(spool, "late", first_retry=20)
     early = add(spool, "early", first_retry=10)
     assert spool.due(10) == []
@@ -89,19 +91,24 @@ def test_state_machine(spool: Spool, time: FakeTime) -> None:
     spool.defer(entry_id, "UpstreamTimeout", time.now + 99)
     entry = spool.get(entry_id)
     assert entry is not None
-    assert (entry.attempts, entry.last_error, entry.next_attempt) == (1, "UpstreamTimeout", time.now + 99)
+    assert (entry.attempts, entry.last_error, entry.next_attempt) == (
+        1,
+        "UpstreamTimeout",
+        time.now + 99,
+    )
     spool.mark_delivered(entry_id, ["m-1", "m-2"])
     entry = spool.get(entry_id)
     assert entry is not None
     assert (entry.state, entry.attempts, entry.body, entry.message_ids) == (
-        "delivered", 2, None, ("m-1", "m-2"),
+        "delivered",
+        2,
+        None,
+        ("m-1", "m-2"),
     )
     assert spool.next_due() is None
 
 
-def test_dead_entries_keep_their_reason_and_can_be_requeued(
-    spool: Spool, time: FakeTime
-) -> None:
+def test_dead_entries_keep_their_reason_and_can_be_requeued(spool: Spool, time: FakeTime) -> None:
     entry_id = add(spool, max_age=100)
     spool.kill(entry_id, "422 invalid from")
     dead = spool.get(entry_id)
