@@ -8,7 +8,11 @@ Idempotency-Key, so AhaSend delivers at most once however many attempts reach it
 Everything happens within one deadline (``RELAY_RETRY_DEADLINE``), kept well under the
 SMTP client's own timeout: each attempt is cut at the deadline, and a retry whose wait
 would overrun it is not made. The last error is then raised for the caller (the spool or
-a 4xx reply). Clock, sleep and randomness are injected so tests need no real waiting.
+a 4xx reply). ``stop_retrying`` (shutdown) ends every wait at once and makes each send
+raise its last error after the attempt in progress, so that a transaction still in
+flight is answered (spooled or 4xx) within the shutdown grace period.
+
+Clock, sleep and randomness are injected so tests need no real waiting.
 """
 
 from __future__ import annotations
@@ -86,6 +90,11 @@ class RetryingSender:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._stopping = asyncio.Event()
+
+    def stop_retrying(self) -> None:
+        """Shutdown: no more retries; waiting sends raise their last error now."""
+        self._stopping.set()
 
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:
         """Deliver ``body``, retrying transient failures; raises the last error at the end."""
@@ -98,7 +107,7 @@ class RetryingSender:
                 return await self._attempt(body, idempotency_key, deadline)
             except RETRYABLE as exc:
                 delay = self._delay(exc, attempt)
-                if self._clock() + delay >= deadline:
+                if self._stopping.is_set() or self._clock() + delay >= deadline:
                     raise
                 log.info(
                     "retrying",
@@ -107,7 +116,8 @@ class RetryingSender:
                     error=type(exc).__name__,
                     delay_s=round(delay, 3),
                 )
-                await self._sleep(delay)
+                if not await self._pause(delay):
+                    raise
                 attempt += 1
 
     async def aclose(self) -> None:
@@ -120,6 +130,18 @@ class RetryingSender:
                 return await self._inner.send(body, key)
         except TimeoutError as exc:
             raise UpstreamTimeout("retry deadline reached") from exc
+
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False when ``stop_retrying`` cut the sleep short."""
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        return not self._stopping.is_set()
 
     def _delay(self, error: RelayError, attempt: int) -> float:
         retry_after = retry_after_of(error)

@@ -11,7 +11,8 @@ delivers them through the same ``PacedSender``.
 
 Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the listener
 stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
-transactions get 421 and are closed; a transaction in flight finishes and its session
+transactions get 421 and are closed; a transaction in flight finishes (without further
+in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
 then gets 421. Sessions still open at the end are closed. Then the spool worker is
 stopped at a safe point (cancelled if it overruns; a spooled row only changes after the
 API answered), the listener and the sender are closed.
@@ -64,7 +65,7 @@ class RelayServer:
         self.sender = sender if sender is not None else build_sender(settings)
         self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
         paced = _paced(self.sender, settings)
-        front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
+        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
         self.handler = RelayHandler(
             front,
             max_recipients=settings.relay_max_recipients,
@@ -104,6 +105,7 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         ends = loop.time() + grace
         self._draining = True
+        self._front.stop_retrying()
         for session in list(self._sessions):
             session.drain()
         abandoned = await _finish_sessions(self._sessions, grace)

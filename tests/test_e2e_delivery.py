@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -264,3 +265,24 @@ def test_a_permanent_rejection_of_a_spooled_message_bounces(
     assert notice.json["from"]["email"] == "postmaster@example.com"
     assert "Doomed" in notice.json["subject"]
     assert "422 recipient domain blocked" in notice.json["text_content"]
+
+
+def test_shutdown_spools_a_transaction_that_is_still_retrying(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    standin.script(*[Scripted(503)] * 100)
+    settings = settings_for(standin, relay_retry_deadline=60.0, relay_spool_dir=tmp_path)
+    relay = RunningRelay(settings).start()
+    replies: list[tuple[int, str]] = []
+    client = threading.Thread(target=lambda: replies.append(send(relay, message("Late"))))
+    client.start()
+    try:
+        standin.wait_for(1)
+    finally:
+        relay.stop(timeout=10)
+    client.join(10)
+    assert replies == [(250, f"{QUEUED_FOR_DELIVERY}: spool id 1")]
+    spool = Spool(tmp_path)
+    [entry] = spool.entries()
+    spool.close()
+    assert entry.state == "queued"

@@ -126,3 +126,23 @@ async def test_aclose_closes_the_inner_sender() -> None:
     inner = ScriptedSender([ACCEPTED])
     await RetryingSender(inner, deadline=1).aclose()
     assert inner.closed
+
+
+async def test_stop_retrying_ends_a_wait_with_the_last_error() -> None:
+    forever = asyncio.Event()
+
+    async def long_sleep(seconds: float) -> None:
+        await forever.wait()
+
+    inner = ScriptedSender([UpstreamServerError("503")])
+    sender = RetryingSender(inner, deadline=3600, sleep=long_sleep)
+    task = asyncio.create_task(sender.send(b"{}", "k"))
+    await asyncio.sleep(0.01)
+    assert not task.done()
+    sender.stop_retrying()
+    with pytest.raises(UpstreamServerError):
+        await asyncio.wait_for(task, 1)
+    assert len(inner.calls) == 1
+    with pytest.raises(UpstreamServerError):  # and no retries from now on
+        await sender.send(b"{}", "k2")
+    assert len(inner.calls) == 2
