@@ -15,8 +15,9 @@ queued, and the resend after restart carries the same key, so AhaSend replays it
 answer instead of sending twice. ``stop`` lets the round in progress finish (a safe
 point); cancelling mid-send is safe for the same reason.
 
-Spool depth, oldest age and attempts are logged as a ``spool`` event whenever a round
-did something, and at least every ``STATUS_INTERVAL`` seconds while mail is queued.
+Spool depth, oldest age and attempts are logged as a ``spool`` event after rounds that
+did something (at most every ``STATUS_MIN_INTERVAL`` seconds, and always when the spool
+has just become empty), and at least every ``STATUS_INTERVAL`` seconds while mail is queued.
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from relay.delivery import Sender
 from relay.log import get_logger
 from relay.replies import PermanentError, RelayError, TransientError
 from relay.retry import retry_after_of
-from relay.spool import Spool, SpoolEntry
+from relay.spool import Spool, SpoolEntry, SpoolStats
 
 __all__ = ["SpoolWorker", "WorkerPolicy"]
 
 log = get_logger("relay.worker")
 STATUS_INTERVAL = 60.0
+STATUS_MIN_INTERVAL = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,10 +181,10 @@ class SpoolWorker:
         if not worked and now - self._last_status < STATUS_INTERVAL:
             return
         stats = await asyncio.to_thread(self._spool.stats)
-        if not worked and stats.queued == 0:
+        if not _status_due(worked, now - self._last_status, stats):
             return
         self._last_status = now
-        self._spool.purge_delivered(now - self._policy.max_age)
+        await asyncio.to_thread(self._spool.purge_delivered, now - self._policy.max_age)
         log.info(
             "spool",
             depth=stats.queued,
@@ -190,3 +192,10 @@ class SpoolWorker:
             oldest_age_s=round(stats.oldest_age, 1),
             max_attempts=stats.max_attempts,
         )
+
+
+def _status_due(worked: bool, since: float, stats: SpoolStats) -> bool:
+    """Whether to log the ``spool`` status now (see the module docstring)."""
+    if worked:
+        return stats.queued == 0 or since >= STATUS_MIN_INTERVAL
+    return stats.queued > 0 and since >= STATUS_INTERVAL

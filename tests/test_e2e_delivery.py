@@ -194,7 +194,7 @@ def test_outage_every_message_delivered_exactly_once(tmp_path: Path) -> None:
             time.sleep(0.5)  # anything sent twice would show up now
             accepted = list(api.accepted)
     assert all(r.problems == [] for r in accepted)
-    assert Counter(r.json["subject"] for r in accepted) == Counter(sent)
+    assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
     for r in accepted:
         subject = r.json["subject"]
         assert [a["email"] for a in r.json["to"]] == [sent[subject]]

@@ -167,3 +167,16 @@ async def test_run_delivers_until_stopped(spool: Spool, time: FakeTime) -> None:
     await asyncio.wait_for(task, 2)
     assert sorted(sender.keys) == ["a", "b"]
     assert spool.stats().delivered == 2
+
+
+async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
+    import structlog.testing
+
+    enqueue(spool, "a")
+    enqueue(spool, "b")
+    sender = ScriptedSender([UpstreamServerError("503"), ACCEPTED])
+    with structlog.testing.capture_logs() as logs:
+        await worker(spool, sender, time).run_once()
+    [status] = [e for e in logs if e["event"] == "spool"]
+    assert (status["depth"], status["dead"], status["max_attempts"]) == (1, 0, 1)
+    assert status["oldest_age_s"] == 0
