@@ -162,7 +162,7 @@ def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
         retry_min=settings.relay_spool_retry_min,
         retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
         max_age=settings.relay_spool_max_age,
-        poll_interval=min(5.0, settings.relay_spool_retry_min),
+        poll_interval=min(1.0, settings.relay_spool_retry_min),
     )
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:

@@ -50,7 +50,7 @@ class WorkerPolicy:
     retry_min: float = 30.0
     retry_max: float = 900.0
     max_age: float = 5 * 86400.0
-    poll_interval: float = 5.0
+    poll_interval: float = 1.0
     """Longest sleep between rounds (so ``queue retry`` takes effect soon)."""
     batch: int = 100
 

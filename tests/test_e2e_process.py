@@ -17,15 +17,16 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from relay.spool import Spool
 from tests.paths import REPO
-from tests.standin import Scripted, StandIn
+from tests.standin import Recorded, Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
 
@@ -106,7 +107,7 @@ def test_sigterm_finishes_the_open_transaction_and_refuses_new_sessions(
         reply: list[tuple[int, bytes]] = []
         data = threading.Thread(target=lambda: reply.append(busy.data(message("In flight"))))
         data.start()
-        standin.wait_for(1, timeout=10)
+        wait_until(lambda: standin.connections >= 1)  # the request is at the API now
         proc.send_signal(signal.SIGTERM)
         refused = connect_until_refused(port)
         assert refused.code == 421
@@ -132,15 +133,15 @@ def connect_until_refused(port: int, timeout: float = 10.0) -> Refused:
     ends = time.monotonic() + timeout
     while time.monotonic() < ends:
         try:
-            with smtplib.SMTP("127.0.0.1", port, timeout=5):
-                time.sleep(0.05)  # greeted normally: SIGTERM not handled yet
+            smtplib.SMTP("127.0.0.1", port, timeout=5).close()  # greeted: not draining yet
         except smtplib.SMTPConnectError as exc:
             return Refused(exc.smtp_code, exc.smtp_error.decode())
+        time.sleep(0.05)
     raise TimeoutError("never refused")
 
 
-def sender_thread(port: int, count: int, acked: list[str], stop: threading.Event) -> None:
-    """Send ``count`` messages one per session; record the subjects answered 250."""
+def sender_thread(port: int, count: int, acked: dict[str, str], stop: threading.Event) -> None:
+    """Send ``count`` messages one per session; record each 250 reply's text by subject."""
     for i in range(count):
         if stop.is_set():
             return
@@ -150,52 +151,81 @@ def sender_thread(port: int, count: int, acked: list[str], stop: threading.Event
                 client.ehlo("load.test")
                 client.mail("app@example.com")
                 client.rcpt("ann@example.net")
-                code, _ = client.data(message(subject))
+                code, text = client.data(message(subject))
         except (OSError, smtplib.SMTPException):
             return  # the relay was killed under us: this message was never acknowledged
         if code == 250:
-            acked.append(subject)
+            acked[subject] = text.decode()
 
 
 def test_sigkill_mid_load_loses_nothing_acknowledged(standin: StandIn, tmp_path: Path) -> None:
-    port, log, total = free_port(), tmp_path / "relay.log", 30
-    # One request in three fails at first: those are spooled (no in-transaction retries).
+    port, log, total, spool_dir = free_port(), tmp_path / "relay.log", 30, tmp_path / "spool"
+    # One request in three fails: those are spooled (no in-transaction retries), and their
+    # first retry is far off, so they are still in the spool when the relay is killed.
     standin.script(*[Scripted(503) if i % 3 == 0 else Scripted(202) for i in range(total)])
     standin.delay = 0.02
     env = {
-        "RELAY_SPOOL_DIR": str(tmp_path / "spool"),
+        "RELAY_SPOOL_DIR": str(spool_dir),
         "RELAY_RETRY_DEADLINE": "0",
-        "RELAY_SPOOL_RETRY_MIN": "0.3",
+        "RELAY_SPOOL_RETRY_MIN": "60",
     }
-    acked: list[str] = []
+    acked: dict[str, str] = {}
     stop = threading.Event()
     with relay_process(standin, port, log, **env) as proc:
         load = threading.Thread(target=sender_thread, args=(port, total, acked, stop))
         load.start()
-        wait_for_count(acked, total // 2)
+        wait_until(lambda: len(acked) >= total // 2)
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait(10)
         stop.set()
         load.join(15)
     assert total // 2 <= len(acked) < total
+    spooled = {s for s, text in acked.items() if text.startswith("2.0.0 Queued for delivery")}
+    assert spooled
+    assert len(spooled) <= queued_in(spool_dir)
+    first_run = list(standin.requests)
+    standin.clear()  # the API is healthy from now on (drops unused scripted failures)
     with relay_process(standin, port, log, **env):
-        wait_for_subjects(standin, set(acked))
+        # The queue tool works on the live spool: make everything due now.
+        retry = queue_command(spool_dir, "retry", "--all")
+        assert retry.returncode == 0, retry.stderr
+        wait_for_subjects(standin, set(acked), first_run)
         time.sleep(0.5)  # anything delivered twice would show up now
-    fresh = Counter(r.json["subject"] for r in standin.accepted)
+    requests = first_run + standin.requests
+    fresh = Counter(r.json["subject"] for r in requests if r.accepted)
     assert all(fresh[subject] == 1 for subject in acked), fresh
     assert max(fresh.values()) == 1
-    assert all(r.problems == [] for r in standin.requests)
+    assert all(r.problems == [] for r in requests)
+    assert queued_in(spool_dir) == 0
 
 
-def wait_for_count(items: list[str], n: int, timeout: float = 15.0) -> None:
+def queued_in(spool_dir: Path) -> int:
+    spool = Spool(spool_dir)
+    try:
+        return spool.stats().queued
+    finally:
+        spool.close()
+
+
+def queue_command(spool_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay", "queue", "--spool-dir", str(spool_dir), *args],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     ends = time.monotonic() + timeout
-    while len(items) < n:
-        assert time.monotonic() < ends, f"only {len(items)} of {n}"
+    while not condition():
+        assert time.monotonic() < ends, "condition not met in time"
         time.sleep(0.01)
 
 
-def wait_for_subjects(standin: StandIn, subjects: set[str], timeout: float = 15.0) -> None:
+def wait_for_subjects(
+    standin: StandIn, subjects: set[str], before: list[Recorded], timeout: float = 15.0
+) -> None:
     ends = time.monotonic() + timeout
-    while not subjects <= {r.json["subject"] for r in standin.accepted}:
+    while not subjects <= {r.json["subject"] for r in before + standin.accepted if r.accepted}:
         assert time.monotonic() < ends, "acknowledged messages never reached the API"
         time.sleep(0.05)
