@@ -141,7 +141,8 @@ class Spool:
         """Store a request durably (committed and fsync'd on return); its id.
 
         A request whose key is already spooled is not stored twice: the existing id is
-        returned (the same transaction resent while its first copy waits).
+        returned (the same transaction resent while its first copy waits, or after it was
+        delivered). A dead one is requeued: its sender is trying again.
         """
         now = self._clock()
         with self._lock:
@@ -149,7 +150,10 @@ class Spool:
                 "INSERT INTO messages (idempotency_key, mail_from, rcpt_tos, body, size,"
                 " created, updated, next_attempt, expires, last_error)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (idempotency_key) DO NOTHING",
+                " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'queued',"
+                " body = excluded.body, updated = excluded.updated,"
+                " next_attempt = excluded.next_attempt, expires = excluded.expires,"
+                " last_error = excluded.last_error WHERE messages.state = 'dead'",
                 (
                     idempotency_key,
                     mail_from,
@@ -186,13 +190,16 @@ class Spool:
             ).fetchone()
         return None if row[0] is None else float(row[0])
 
-    def mark_delivered(self, entry_id: int, message_ids: Sequence[str]) -> None:
-        """The API accepted the entry: keep its record, drop its body."""
+    def mark_delivered(
+        self, entry_id: int, message_ids: Sequence[str], note: str | None = None
+    ) -> None:
+        """The API accepted the entry: keep its record (and ``note``), drop its body."""
         self._update(
             entry_id,
             "state = 'delivered', body = NULL, attempts = attempts + 1, message_ids = ?,"
-            " last_error = NULL",
+            " last_error = ?",
             json.dumps(list(message_ids)),
+            note,
         )
 
     def defer(self, entry_id: int, error: str, next_attempt: float) -> None:

@@ -4,7 +4,8 @@ Each round takes the due entries (oldest first, a batch at a time) and sends eac
 its own stable Idempotency-Key through the paced sender (one attempt per round; the
 spacing between rounds is the backoff). Outcomes:
 
-- accepted (202, replayed or not) → ``delivered``;
+- accepted (202, replayed or not) → ``delivered`` (recipients the API refused inside
+  the 202 are logged and noted on the record);
 - permanent rejection → ``dead`` with the API's reason, and a bounce notice if enabled;
 - transient failure → attempt counted, next attempt after exponential backoff with
   jitter between ``RELAY_SPOOL_RETRY_MIN`` and ``RELAY_SPOOL_RETRY_MAX`` (never sooner
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.bounce import Bouncer
-from relay.delivery import Sender
+from relay.delivery import Delivery, Sender
 from relay.log import get_logger
 from relay.replies import PermanentError, RelayError, TransientError
 from relay.retry import retry_after_of
@@ -113,14 +114,21 @@ class SpoolWorker:
         except TransientError as exc:
             await self._failed(entry, exc)
         else:
-            await asyncio.to_thread(self._spool.mark_delivered, entry.id, delivery.message_ids)
-            log.info(
-                "spool_delivered",
-                spool_id=entry.id,
-                attempts=entry.attempts + 1,
-                message_ids=list(delivery.message_ids),
-                replayed=delivery.replayed,
-            )
+            await self._delivered(entry, delivery)
+
+    async def _delivered(self, entry: SpoolEntry, delivery: Delivery) -> None:
+        refused = "; ".join(f"{rcpt}: {why}" for rcpt, why in delivery.failures)
+        note = f"recipients refused by the API: {refused}" if refused else None
+        await asyncio.to_thread(self._spool.mark_delivered, entry.id, delivery.message_ids, note)
+        log.info(
+            "spool_delivered",
+            spool_id=entry.id,
+            attempts=entry.attempts + 1,
+            message_ids=list(delivery.message_ids),
+            replayed=delivery.replayed,
+        )
+        if note:
+            log.warning("recipients_refused", spool_id=entry.id, refused=refused)
 
     async def _failed(self, entry: SpoolEntry, error: TransientError) -> None:
         reason = f"{type(error).__name__}: {error.detail}".rstrip(": ")

@@ -167,3 +167,23 @@ def test_a_file_that_is_not_a_database_is_reported(tmp_path: Path) -> None:
     (tmp_path / FILENAME).write_bytes(b"garbage" * 100)
     with pytest.raises(SpoolUnavailable):
         Spool(tmp_path)
+
+
+def test_a_dead_entry_spooled_again_is_requeued(spool: Spool, time: FakeTime) -> None:
+    entry_id = add(spool, "k1")
+    spool.kill(entry_id, "expired")
+    time.now += 10
+    assert add(spool, "k1") == entry_id
+    entry = spool.get(entry_id)
+    assert entry is not None
+    assert (entry.state, entry.next_attempt) == ("queued", time.now + 30)
+
+
+def test_a_delivered_entry_spooled_again_stays_delivered(spool: Spool) -> None:
+    entry_id = add(spool, "k1")
+    spool.mark_delivered(entry_id, ["m"], "recipients refused by the API: x@y.z: bounced")
+    assert add(spool, "k1") == entry_id
+    entry = spool.get(entry_id)
+    assert entry is not None
+    assert entry.state == "delivered"
+    assert entry.last_error == "recipients refused by the API: x@y.z: bounced"

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog.testing
 
 from relay.bounce import Bouncer
 from relay.delivery import Delivery
@@ -170,8 +171,6 @@ async def test_run_delivers_until_stopped(spool: Spool, time: FakeTime) -> None:
 
 
 async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
-    import structlog.testing
-
     enqueue(spool, "a")
     enqueue(spool, "b")
     sender = ScriptedSender([UpstreamServerError("503"), ACCEPTED])
@@ -180,3 +179,12 @@ async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
     [status] = [e for e in logs if e["event"] == "spool"]
     assert (status["depth"], status["dead"], status["max_attempts"]) == (1, 0, 1)
     assert status["oldest_age_s"] == 0
+
+
+async def test_recipients_refused_inside_a_202_are_noted(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    partial = Delivery(status=202, message_ids=("m",), failures=(("x@y.z", "suppressed"),))
+    await worker(spool, ScriptedSender([partial]), time).run_once()
+    entry = get(spool, entry_id)
+    assert entry.state == "delivered"
+    assert entry.last_error == "recipients refused by the API: x@y.z: suppressed"
