@@ -292,3 +292,16 @@ def test_shutdown_spools_a_transaction_that_is_still_retrying(
     [entry] = spool.entries()
     spool.close()
     assert entry.state == "queued"
+
+
+def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    standin.script(Scripted(503))
+    settings = settings_for(standin, relay_retry_deadline=0, relay_spool_dir=tmp_path)
+    with running_relay(settings) as relay:
+        assert relay.server is not None
+        assert relay.server.spool is not None
+        relay.server.spool.close()  # e.g. the disk is gone
+        code, text = send(relay, message())
+    assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
