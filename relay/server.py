@@ -13,9 +13,10 @@ Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the 
 stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
 transactions get 421 and are closed; a transaction in flight finishes (without further
 in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
-then gets 421. Sessions still open at the end are closed. Then the spool worker is
-stopped at a safe point (cancelled if it overruns; a spooled row only changes after the
-API answered), the listener and the sender are closed.
+then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
+stops after its delivery round in progress (a safe point; it is cancelled if it
+overruns the grace period, which is safe too: a spooled row only changes after the API
+answered). Then the listener, the sender and the spool are closed.
 """
 
 from __future__ import annotations
@@ -106,22 +107,23 @@ class RelayServer:
         ends = loop.time() + grace
         self._draining = True
         self._front.stop_retrying()
+        if self.worker is not None:
+            self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
             session.drain()
         abandoned = await _finish_sessions(self._sessions, grace)
         if self._server is not None:
             self._server.close()
-        await self._stop_worker(max(ends - loop.time(), 0.5))
+        await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
         if self.spool is not None:
             self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
     async def _stop_worker(self, grace: float) -> None:
-        """Stop the worker after its round in progress; cancel it past ``grace``."""
-        if self.worker is None or self._worker_task is None:
+        """Wait for the worker to end its round in progress; cancel it past ``grace``."""
+        if self._worker_task is None:
             return
-        self.worker.stop()
         done, _ = await asyncio.wait([self._worker_task], timeout=grace)
         if not done:
             log.warning("worker_cancelled", grace_s=round(grace, 1))
