@@ -103,5 +103,5 @@ def _processors(fmt: str, scrubber: SecretScrubber) -> list[Processor]:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound to ``logger=name``."""
-    return structlog.get_logger().bind(logger=name)
+    """A lazy structlog logger bound to ``logger_name=name``; it follows later ``configure``."""
+    return structlog.get_logger(logger_name=name)
