@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog.testing
 
 from relay.bounce import Bouncer
 from relay.delivery import Delivery
+from relay.log import configure
 from relay.replies import (
     RelayError,
     UpstreamBusy,
@@ -174,9 +175,11 @@ async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
     enqueue(spool, "a")
     enqueue(spool, "b")
     sender = ScriptedSender([UpstreamServerError("503"), ACCEPTED])
-    with structlog.testing.capture_logs() as logs:
-        await worker(spool, sender, time).run_once()
-    [status] = [e for e in logs if e["event"] == "spool"]
+    out = io.StringIO()
+    configure(fmt="json", level="info", stream=out)
+    await worker(spool, sender, time).run_once()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    [status] = [e for e in events if e["event"] == "spool"]
     assert (status["depth"], status["dead"], status["max_attempts"]) == (1, 0, 1)
     assert status["oldest_age_s"] == 0
 
