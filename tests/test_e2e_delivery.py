@@ -305,3 +305,21 @@ def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
         relay.server.spool.close()  # e.g. the disk is gone
         code, text = send(relay, message())
     assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
+
+
+def test_pacing_spools_what_it_cannot_send_within_the_deadline(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        standin, relay_api_rate=0.5, relay_api_burst=1, relay_retry_deadline=0.3,
+        relay_spool_dir=tmp_path, relay_spool_retry_min=0.1,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        first = send(relay, message("First"))
+        second = send(relay, message("Second"))  # the next slot is ~2 s away
+        assert first[0] == second[0] == 250
+        assert first[1].startswith("2.0.0 Queued: ")
+        assert second[1] == f"{QUEUED_FOR_DELIVERY}: spool id 1"
+        wait_until(lambda: len(standin.accepted) == 2)
+    assert [r.json["subject"] for r in standin.requests] == ["First", "Second"]
+    assert [r.response_status for r in standin.requests] == [202, 202]
