@@ -2,7 +2,11 @@
 
 ``RelayServer`` owns the listening socket, the live SMTP sessions and the ``Sender``.
 ``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
-the serve and restores them afterwards.
+the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and the
+AUTH users (``RelayServer.reload``) without closing the listeners.
+
+With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
+sessions are the same ``GuardedSMTP`` as on the plain port (``relay.guard``).
 
 Shutdown order: stop accepting connections, give sessions in flight up to
 ``RELAY_SHUTDOWN_TIMEOUT`` seconds to finish, close the rest, then close the sender.
@@ -16,8 +20,9 @@ from typing import Any
 
 from relay import __version__
 from relay.api import AhaSendClient
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.delivery import DryRunSender, Sender
+from relay.guard import Guard, GuardedSMTP
 from relay.handler import RelayHandler
 from relay.log import get_logger
 from relay.replies import DRY_RUN_ACCEPTED, QUEUED
@@ -46,13 +51,16 @@ class RelayServer:
 
     def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
+        self.guard = Guard.from_settings(settings)
         self.sender = sender if sender is not None else build_sender(settings)
         self.handler = RelayHandler(
             self.sender,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
+            sender_policy=self.guard.senders,
         )
         self._server: asyncio.Server | None = None
+        self._smtps_server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
 
     @property
@@ -62,28 +70,62 @@ class RelayServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def smtps_port(self) -> int | None:
+        """The bound implicit-TLS port, or None without ``RELAY_SMTPS_PORT``."""
+        if self._smtps_server is None:
+            return None
+        port: int = self._smtps_server.sockets[0].getsockname()[1]
+        return port
+
     async def start(self) -> None:
-        """Bind the listener; returns once connections are accepted."""
+        """Bind the listener(s); returns once connections are accepted."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
         )
+        if self.settings.relay_smtps_port is not None:
+            try:
+                self._smtps_server = await self._start_smtps(loop)
+            except OSError:
+                self._server.close()
+                raise
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+
+    async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+        server = await loop.create_server(
+            lambda: self._new_session(implicit_tls=True),
+            host=self.settings.relay_host, port=self.settings.relay_smtps_port,
+            ssl=self.guard.tls_context, ssl_handshake_timeout=_handshake_timeout(self.settings),
+        )  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        log.info("listening_smtps", host=self.settings.relay_host, port=port)
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting, let sessions finish within ``grace`` seconds, close the rest."""
         grace = self.settings.relay_shutdown_timeout if grace is None else grace
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._smtps_server):
+            if server is not None:
+                server.close()
         abandoned = await _finish_sessions(self._sessions, grace)
         await self.sender.aclose()
         log.info("stopped", abandoned_sessions=abandoned)
 
-    def _new_session(self) -> RelaySMTP:
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
+        try:
+            self.guard.reload()
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc))
+
+    def _new_session(self, implicit_tls: bool = False) -> RelaySMTP:
         session = _TrackedSMTP(
             self.handler,
             self._sessions,
+            guard=self.guard,
+            implicit_tls=implicit_tls,
             hostname=self.settings.relay_hostname,
             ident=f"ahasend-relay {__version__} ESMTP",
             data_size_limit=self.settings.relay_max_message_size,
@@ -108,7 +150,12 @@ async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
     return len(pending)
 
 
-class _TrackedSMTP(RelaySMTP):
+def _handshake_timeout(settings: Settings) -> float:
+    """Seconds an SMTPS client gets to finish its TLS handshake."""
+    return min(settings.relay_smtp_timeout, 30.0)
+
+
+class _TrackedSMTP(GuardedSMTP):
     """A session that leaves its server's registry when its connection closes."""
 
     def __init__(self, handler: Any, registry: set[RelaySMTP], **kwargs: Any) -> None:
@@ -128,12 +175,13 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await server.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("shutting_down")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await server.stop()
