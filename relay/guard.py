@@ -269,7 +269,7 @@ class GuardedSMTP(RelaySMTP):
         log.warning("auth_failed", user=login.decode("utf-8", "replace")[:64],
                     failures=self._auth_failures, client=self.client.address)  # fmt: skip
         if self._auth_failures < self.guard.settings.relay_auth_max_failures:
-            return AuthResult(success=False, message=str(AUTH_INVALID))
+            return AuthResult(success=False, handled=False, message=str(AUTH_INVALID))
         await self.push(str(AUTH_TOO_MANY_FAILURES))
         if self.transport is not None:
             self.transport.close()
