@@ -24,12 +24,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from relay.config import Network
 from relay.replies import SenderRefused
 
-__all__ = ["SenderPolicy", "in_networks", "ip_of"]
+__all__ = ["SenderPolicy", "in_networks", "ip_of", "with_payloads"]
+
+T = TypeVar("T")
 
 
 def ip_of(address: Any) -> str:
@@ -114,6 +116,6 @@ def _has_reply_to(payload: dict[str, Any]) -> bool:
     return bool(payload.get("reply_to")) or any(k.lower() == "reply-to" for k in headers)
 
 
-def with_payloads(translated: Any, payloads: list[dict[str, Any]]) -> Any:
-    """``translated`` (a ``relay.message.Translated``) carrying ``payloads`` instead."""
-    return replace(translated, payloads=payloads)
+def with_payloads(translated: T, payloads: list[dict[str, Any]]) -> T:
+    """``translated`` (a ``relay.message.Translated`` dataclass) carrying ``payloads``."""
+    return replace(translated, payloads=payloads)  # type: ignore[type-var]

@@ -172,10 +172,14 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     server = RelayServer(settings)
-    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)  # from "listening" on, no race
+    try:
+        await server.start()
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        raise
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, server.reload)
     try:
         if ready is not None:
             ready.set()

@@ -74,7 +74,8 @@ def test_starttls_then_auth_plain_delivers(relay: RunningRelay, standin: StandIn
 
 
 def test_smtps_auth_login_delivers(relay: RunningRelay, standin: StandIn, certs: Certs):
-    assert relay.server is not None and relay.server.smtps_port is not None
+    assert relay.server is not None
+    assert relay.server.smtps_port is not None
     with smtplib.SMTP_SSL(
         "127.0.0.1", relay.server.smtps_port, context=certs.client_context(), timeout=10
     ) as client:
@@ -153,7 +154,8 @@ def test_failed_auth_is_tarpitted_without_blocking_others(
         standin, certs, users, relay_auth_failure_delay=30.0, relay_smtps_port=0
     )
     with running_relay(settings) as relay:
-        assert relay.server is not None and relay.server.smtps_port is not None
+        assert relay.server is not None
+        assert relay.server.smtps_port is not None
         bad = Conversation(relay.port, source="127.0.0.2")
         bad.reply()
         bad.command("EHLO attacker.test")
@@ -194,9 +196,7 @@ def test_plaintext_auth_when_explicitly_allowed(standin: StandIn, tmp_path: Path
     assert len(standin.requests) == 1
 
 
-def test_require_tls_refuses_mail_before_starttls(
-    standin: StandIn, certs: Certs, users: Path
-):
+def test_require_tls_refuses_mail_before_starttls(standin: StandIn, certs: Certs, users: Path):
     settings = secure_settings(
         standin, certs, users, relay_require_tls=True, relay_allowed_networks="127.0.0.1/32"
     )

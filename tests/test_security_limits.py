@@ -70,24 +70,28 @@ def test_per_peer_connection_rate(standin: StandIn):
 
 
 def test_idle_client_gets_421_timeout(standin: StandIn):
-    with running_relay(settings_for(standin, relay_smtp_timeout=0.3)) as relay:
-        with Conversation(relay.port) as smtp:
-            smtp.reply()
-            assert smtp.reply() == "421 4.4.2 Timeout exceeded, closing connection"
-            assert smtp.closed_by_server()
+    with (
+        running_relay(settings_for(standin, relay_smtp_timeout=0.3)) as relay,
+        Conversation(relay.port) as smtp,
+    ):
+        smtp.reply()
+        assert smtp.reply() == "421 4.4.2 Timeout exceeded, closing connection"
+        assert smtp.closed_by_server()
 
 
 def test_trickling_client_times_out_while_others_are_served(standin: StandIn):
     """A client sending one byte at a time never completes a command: 421 4.4.2."""
-    with running_relay(settings_for(standin, relay_smtp_timeout=1.0)) as relay:
-        with Conversation(relay.port) as slow:
-            slow.reply()
-            for byte in b"EHLO sl":
-                slow.send(bytes([byte]))
-                time.sleep(0.05)
-            send_well_behaved(relay)
-            assert slow.reply() == "421 4.4.2 Timeout exceeded, closing connection"
-            assert slow.closed_by_server()
+    with (
+        running_relay(settings_for(standin, relay_smtp_timeout=1.0)) as relay,
+        Conversation(relay.port) as slow,
+    ):
+        slow.reply()
+        for byte in b"EHLO sl":
+            slow.send(bytes([byte]))
+            time.sleep(0.05)
+        send_well_behaved(relay)
+        assert slow.reply() == "421 4.4.2 Timeout exceeded, closing connection"
+        assert slow.closed_by_server()
     assert len(standin.requests) == 1
 
 
@@ -156,7 +160,8 @@ def test_no_password_or_api_key_in_logs(
             smtp.command(b64("app"))
             assert smtp.command(b64(PASSWORD)).startswith("235")
     logged = out.getvalue() + caplog.text
-    assert "auth_succeeded" in logged and "auth_failed" in logged
+    assert "auth_succeeded" in logged
+    assert "auth_failed" in logged
     for secret in _forms(PASSWORD) + _forms(PASSWORD + "-wrong") + [standin.api_key]:
         assert secret not in logged
     assert plain_token("app", PASSWORD) not in logged

@@ -84,9 +84,11 @@ def test_open_relay_matrix(
         relay_allowed_sender_domains="example.com",
     )  # fmt: skip
     source = INSIDE if network == "allowed" else OUTSIDE
-    with running_relay(settings) as relay:
-        with converse(relay, source, certs, login=auth == "auth") as smtp:
-            reply = transaction(smtp, *SENDERS[sender])
+    with (
+        running_relay(settings) as relay,
+        converse(relay, source, certs, login=auth == "auth") as smtp,
+    ):
+        reply = transaction(smtp, *SENDERS[sender])
     if auth == "no-auth" and network == "disallowed":
         assert reply == "530 5.7.0 Authentication required"
     elif sender in DENIED_SENDER:
@@ -101,9 +103,10 @@ def test_open_relay_matrix(
 @pytest.mark.parametrize("network", ["allowed", "disallowed"])
 def test_without_auth_outside_peers_are_refused_at_connect(standin: StandIn, network: str):
     settings = settings_for(standin, relay_allowed_networks="127.0.0.1/32")
-    with running_relay(settings) as relay, Conversation(
-        relay.port, source=INSIDE if network == "allowed" else OUTSIDE
-    ) as smtp:
+    with (
+        running_relay(settings) as relay,
+        Conversation(relay.port, source=INSIDE if network == "allowed" else OUTSIDE) as smtp,
+    ):
         greeting = smtp.reply()
         if network == "allowed":
             assert greeting.startswith("220 ")
@@ -115,17 +118,18 @@ def test_without_auth_outside_peers_are_refused_at_connect(standin: StandIn, net
 
 def test_default_networks_are_loopback_only(standin: StandIn):
     """No AUTH, no networks: every loopback address may send (127.0.0.0/8, ::1)."""
-    with running_relay(settings_for(standin)) as relay:
-        with smtplib.SMTP("127.0.0.1", relay.port, source_address=(OUTSIDE, 0)) as client:
-            client.send_message(message())
+    with (
+        running_relay(settings_for(standin)) as relay,
+        smtplib.SMTP("127.0.0.1", relay.port, source_address=(OUTSIDE, 0)) as client,
+    ):
+        client.send_message(message())
     assert len(standin.requests) == 1
 
 
 def test_ipv6_networks(standin: StandIn):
     settings = settings_for(standin, relay_host="::1", relay_allowed_networks="::1/128")
-    with running_relay(settings) as relay:
-        with smtplib.SMTP("::1", relay.port, timeout=10) as client:
-            client.send_message(message())
+    with running_relay(settings) as relay, smtplib.SMTP("::1", relay.port, timeout=10) as client:
+        client.send_message(message())
     assert len(standin.requests) == 1
     settings = settings_for(standin, relay_host="::1", relay_allowed_networks="2001:db8::/32")
     with running_relay(settings) as relay, Conversation(relay.port, "::1", host="::1") as smtp:
@@ -157,16 +161,18 @@ def test_per_user_sender_domains(standin: StandIn, certs: Certs, tmp_path: Path)
         standin, relay_tls_cert=certs.cert, relay_tls_key=certs.key,
         relay_auth_file=write_users(tmp_path / "users"),
     )  # fmt: skip
-    with running_relay(settings) as relay:
-        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
-            client.starttls(context=certs.client_context())
-            client.login("scanner", SCANNER_PASSWORD)
-            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
-                client.send_message(message(), "scanner@example.com")
-            assert (refused.value.smtp_code, refused.value.smtp_error) == (
-                550, b"5.7.1 Sender address not allowed",
-            )  # fmt: skip
-            client.send_message(message("Scanner <scanner@example.org>"))
+    with (
+        running_relay(settings) as relay,
+        smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client,
+    ):
+        client.starttls(context=certs.client_context())
+        client.login("scanner", SCANNER_PASSWORD)
+        with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+            client.send_message(message(), "scanner@example.com")
+        assert (refused.value.smtp_code, refused.value.smtp_error) == (
+            550, b"5.7.1 Sender address not allowed",
+        )  # fmt: skip
+        client.send_message(message("Scanner <scanner@example.org>"))
     assert [r.json["from"]["email"] for r in standin.requests] == ["scanner@example.org"]
 
 
