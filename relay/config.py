@@ -78,10 +78,11 @@ class Settings(BaseSettings):
     relay_allowed_sender_domains: str = ""
     relay_from_rewrite: str | None = None
     relay_proxy_protocol: bool = False
+    relay_proxy_trusted_networks: str = ""
     relay_max_connections: int = Field(default=100, ge=1)
     relay_peer_connection_rate: int = Field(default=60, ge=0)
 
-    @field_validator("relay_allowed_networks")
+    @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod
     def _parse_networks(cls, value: str) -> str:
         parse_networks(value)
@@ -150,6 +151,11 @@ class Settings(BaseSettings):
         return () if self.auth_configured else LOOPBACK_NETWORKS
 
     @property
+    def proxy_trusted_networks(self) -> tuple[Network, ...]:
+        """Peers whose PROXY header is believed (the load balancers)."""
+        return parse_networks(self.relay_proxy_trusted_networks)
+
+    @property
     def allowed_sender_domains(self) -> frozenset[str]:
         """Domains MAIL FROM and From may use; empty means any (see ``relay.policy``)."""
         return frozenset(parse_domains(self.relay_allowed_sender_domains))
@@ -212,6 +218,11 @@ def _security_problems(s: Settings) -> list[str]:
                          ("RELAY_REQUIRE_TLS", s.relay_require_tls)):  # fmt: skip
         if wanted and not s.tls_configured:
             problems.append(f"{name} needs RELAY_TLS_CERT (and RELAY_TLS_KEY)")
+    if s.relay_proxy_protocol and not s.relay_proxy_trusted_networks.strip():
+        problems.append(
+            "RELAY_PROXY_PROTOCOL needs RELAY_PROXY_TRUSTED_NETWORKS (the load balancer's "
+            "addresses): anyone else could claim any client address"
+        )
     if s.auth_configured and not (s.tls_configured or s.relay_auth_allow_plaintext):
         problems.append(
             "SMTP AUTH needs TLS: set RELAY_TLS_CERT/RELAY_TLS_KEY, or "

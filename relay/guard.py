@@ -5,6 +5,8 @@ the authenticator, the sender policy, the TLS context) and is built once from Se
 ``GuardedSMTP`` is the session: aiosmtpd does the protocol (STARTTLS, AUTH PLAIN/LOGIN,
 PROXY), this class decides:
 
+- with ``RELAY_PROXY_PROTOCOL``, only peers in ``RELAY_PROXY_TRUSTED_NETWORKS`` may
+  connect (their PROXY header names the real client); others are closed silently;
 - at connect (after the PROXY header when ``RELAY_PROXY_PROTOCOL`` is on): the
   connection limits (``421 4.7.0``), then the network — a peer outside
   ``RELAY_ALLOWED_NETWORKS`` gets ``554 5.7.1`` and is disconnected, unless AUTH is
@@ -153,8 +155,15 @@ class GuardedSMTP(RelaySMTP):
 
     # -- connect ----------------------------------------------------------------
     async def _handle_client(self) -> None:
-        if self._proxy_timeout is not None or await self._admit(ip_of(self._peer)):
-            await super()._handle_client()
+        if self._proxy_timeout is None:
+            if await self._admit(ip_of(self._peer)):
+                await super()._handle_client()
+        elif in_networks(ip_of(self._peer), self.guard.settings.proxy_trusted_networks):
+            await super()._handle_client()  # admitted in _on_proxy, for the real client
+        else:
+            log.warning("proxy_peer_untrusted", client=ip_of(self._peer))
+            if self.transport is not None:
+                self.transport.close()
 
     async def _admit(self, address: str) -> bool:
         """Admit the client at ``address`` or answer the refusal and close; True if admitted."""

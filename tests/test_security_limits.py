@@ -105,6 +105,20 @@ def test_ten_megabyte_line_is_refused_and_others_served(standin: StandIn):
     assert len(standin.requests) == 1
 
 
+def test_data_line_over_the_limit_is_refused(standin: StandIn):
+    with running_relay(settings_for(standin, relay_max_line_length=2000)) as relay:
+        with Conversation(relay.port) as smtp:
+            smtp.reply()
+            smtp.command("EHLO client.test")
+            smtp.command("MAIL FROM:<app@example.com>")
+            smtp.command("RCPT TO:<ann@example.net>")
+            smtp.command("DATA")
+            smtp.send(b"Subject: long\r\n\r\n" + b"w" * 5000 + b"\r\n")
+            assert smtp.command(".") == "500 5.5.2 Line too long (see RFC5321 4.5.3.1.6)"
+        send_well_behaved(relay)
+    assert len(standin.requests) == 1
+
+
 def test_message_size_and_recipient_limits(standin: StandIn):
     settings = settings_for(standin, relay_max_message_size=10_000, relay_max_recipients=2)
     with running_relay(settings) as relay, Conversation(relay.port) as smtp:

@@ -190,8 +190,9 @@ def proxy_v2(source: str) -> bytes:
 @pytest.fixture
 def behind_proxy(standin: StandIn) -> Iterator[RunningRelay]:
     settings = settings_for(
-        standin, relay_proxy_protocol=True, relay_allowed_networks="192.0.2.0/24"
-    )
+        standin, relay_proxy_protocol=True, relay_allowed_networks="192.0.2.0/24",
+        relay_proxy_trusted_networks="127.0.0.1/32",
+    )  # fmt: skip
     with running_relay(settings) as relay:
         yield relay
 
@@ -214,5 +215,15 @@ def test_proxy_protocol_uses_the_real_client(
 def test_proxy_protocol_without_header_is_dropped(behind_proxy: RunningRelay, standin: StandIn):
     with Conversation(behind_proxy.port) as smtp:
         smtp.send("EHLO client.test\r\n")
+        assert smtp.closed_by_server()
+    assert standin.requests == []
+
+
+def test_proxy_header_from_an_untrusted_peer_is_ignored(
+    behind_proxy: RunningRelay, standin: StandIn
+):
+    """Only the load balancer (127.0.0.1 here) may name the client; 127.0.0.2 may not."""
+    with Conversation(behind_proxy.port, source=OUTSIDE) as smtp:
+        smtp.send(proxy_v1("192.0.2.10"))
         assert smtp.closed_by_server()
     assert standin.requests == []

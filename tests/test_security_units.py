@@ -264,6 +264,7 @@ def settings(**values: Any) -> Any:
         ({"relay_smtps_port": 465}, "RELAY_SMTPS_PORT needs RELAY_TLS_CERT"),
         ({"relay_require_tls": True}, "RELAY_REQUIRE_TLS needs RELAY_TLS_CERT"),
         ({"relay_tls_key": "/k.pem"}, "RELAY_TLS_KEY needs RELAY_TLS_CERT"),
+        ({"relay_proxy_protocol": True}, "RELAY_PROXY_TRUSTED_NETWORKS"),
     ],
 )
 def test_inconsistent_security_settings_are_refused(values: dict[str, Any], message: str):
