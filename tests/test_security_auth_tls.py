@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from relay.auth import hash_password
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.security_support import (
     PASSWORD,
@@ -224,4 +225,20 @@ def test_swaks_tls_auth(relay: RunningRelay, standin: StandIn):
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "235 2.7.0 Authentication successful" in result.stdout
+    assert len(standin.requests) == 1
+
+
+def test_reload_rereads_the_users_file(standin: StandIn, certs: Certs, users: Path):
+    settings = secure_settings(standin, certs, users, relay_smtps_port=0)
+    with running_relay(settings) as relay:
+        assert relay.server is not None
+        port = relay.server.smtps_port
+        assert port is not None
+        users.write_text(f"newbie:{hash_password('fresh', 'bcrypt')}\n")
+        relay.server.reload()
+        with smtplib.SMTP_SSL("127.0.0.1", port, context=certs.client_context()) as client:
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("app", PASSWORD)
+            client.login("newbie", "fresh")
+            client.send_message(message())
     assert len(standin.requests) == 1
