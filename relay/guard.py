@@ -195,7 +195,6 @@ class GuardedSMTP(RelaySMTP):
         super().connection_made(transport)
         if restarting:
             self.client = replace(self.client, user=None)
-            self._auth_failures = 0
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._admitted:
