@@ -82,7 +82,7 @@ def test_idle_client_gets_421_timeout(standin: StandIn):
 def test_trickling_client_times_out_while_others_are_served(standin: StandIn):
     """A client sending one byte at a time never completes a command: 421 4.4.2."""
     with (
-        running_relay(settings_for(standin, relay_smtp_timeout=1.0)) as relay,
+        running_relay(settings_for(standin, relay_smtp_timeout=2.0)) as relay,
         Conversation(relay.port) as slow,
     ):
         slow.reply()
