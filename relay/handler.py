@@ -22,6 +22,7 @@ from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
     LOCAL_ERROR,
     OK_RECIPIENT,
+    OK_SENDER,
     PARTIALLY_QUEUED,
     QUEUED,
     TOO_MANY_RECIPIENTS,
@@ -71,6 +72,13 @@ class RelayHandler:
         session.host_name = hostname
         *extensions, last = responses
         return [*extensions, "250-PIPELINING", "250-ENHANCEDSTATUSCODES", last]
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return str(OK_SENDER)
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]

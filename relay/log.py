@@ -103,21 +103,5 @@ def _processors(fmt: str, scrubber: SecretScrubber) -> list[Processor]:
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound to ``logger=name``.
-
-    Lazy: the configuration is looked up when it logs, so module-level loggers created
-    at import time follow a later ``configure`` (e.g. the one ``cmd_serve`` runs).
-    """
-    return _LazyLogger(name)
-
-
-class _LazyLogger:
-    """Binds ``logger=name`` on the logger configured *now*, at every call."""
-
-    __slots__ = ("_name",)
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-
-    def __getattr__(self, attribute: str) -> Any:
-        return getattr(structlog.get_logger().bind(logger=self._name), attribute)
+    """A lazy structlog logger bound to ``logger_name=name``; it follows later ``configure``."""
+    return structlog.get_logger(logger_name=name)
