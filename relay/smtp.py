@@ -7,6 +7,8 @@
   and ends with one ``session`` log event.
 - The line length limit is configurable: old HTML generators send lines far over 998
   octets, and aiosmtpd's default would answer ``500 Line too long`` and lose the mail.
+- MAIL/RCPT parameters (``BODY=8BITMIME``, ``SIZE=``) are accepted after HELO too, as
+  Postfix does: some clients greet with HELO and still send them.
 """
 
 from __future__ import annotations
@@ -47,6 +49,24 @@ class RelaySMTP(SMTP):
 
     async def smtp_EHLO(self, hostname: str) -> None:
         await self._unmarked(super().smtp_EHLO(hostname))
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        await self._as_extended(super().smtp_MAIL(arg))
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        await self._as_extended(super().smtp_RCPT(arg))
+
+    async def _as_extended(self, command: Any) -> None:
+        """Run ``command`` as in an EHLO session, so a HELO client may use ESMTP parameters."""
+        session = self.session
+        if session is None or session.extended_smtp or not session.host_name:
+            await command
+            return
+        session.extended_smtp = True
+        try:
+            await command
+        finally:
+            session.extended_smtp = False
 
     async def _unmarked(self, command: Any) -> None:
         """Run ``command`` with its replies sent as written (no enhanced code added)."""
