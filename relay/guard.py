@@ -8,7 +8,8 @@ PROXY), this class decides:
 - with ``RELAY_PROXY_PROTOCOL``, only peers in ``RELAY_PROXY_TRUSTED_NETWORKS`` may
   connect (their PROXY header names the real client); others are closed silently;
 - at connect (after the PROXY header when ``RELAY_PROXY_PROTOCOL`` is on): the
-  connection limits (``421 4.7.0``), then the network — a peer outside
+  connection limits (``421 4.7.0``; the per-peer rate spares the allowed networks),
+  then the network — a peer outside
   ``RELAY_ALLOWED_NETWORKS`` gets ``554 5.7.1`` and is disconnected, unless AUTH is
   configured: then it may connect but must authenticate;
 - at MAIL: unauthenticated peers outside the networks get ``530 5.7.0``; a MAIL FROM
@@ -167,10 +168,10 @@ class GuardedSMTP(RelaySMTP):
 
     async def _admit(self, address: str) -> bool:
         """Admit the client at ``address`` or answer the refusal and close; True if admitted."""
-        refusal = self.guard.limiter.admit(address)
+        trusted = in_networks(address, self.guard.networks)
+        refusal = self.guard.limiter.admit(address, rate_limited=not trusted)
         if refusal is None:
             self._admitted = True
-            trusted = in_networks(address, self.guard.networks)
             self.client = ClientState(address, trusted)
             if trusted or self.guard.authenticator is not None:
                 return True

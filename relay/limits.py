@@ -39,11 +39,15 @@ class ConnectionLimiter:
         self._clock = clock
         self._recent: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def admit(self, peer: str) -> Reply | None:
-        """None and one more active connection, or the reply that refuses this one."""
+    def admit(self, peer: str, *, rate_limited: bool = True) -> Reply | None:
+        """None and one more active connection, or the reply that refuses this one.
+
+        ``rate_limited=False`` exempts ``peer`` from the per-peer rate (trusted networks,
+        like Postfix's ``smtpd_client_event_limit_exceptions = $mynetworks``).
+        """
         if self.active >= self.max_connections:
             return TOO_MANY_CONNECTIONS
-        if self.per_peer_rate and not self._within_rate(peer):
+        if rate_limited and self.per_peer_rate and not self._within_rate(peer):
             return PEER_RATE_EXCEEDED
         self.active += 1
         return None

@@ -56,7 +56,11 @@ def test_connections_past_the_limit_get_421(standin: StandIn):
 
 
 def test_per_peer_connection_rate(standin: StandIn):
-    settings = settings_for(standin, relay_peer_connection_rate=2)
+    """Clients outside the allowed networks (127.0.0.2 here) are rate limited; others not."""
+    settings = settings_for(
+        standin, relay_peer_connection_rate=2, relay_allowed_networks="127.0.0.1/32",
+        relay_auth_user="app", relay_auth_password=PASSWORD, relay_auth_allow_plaintext=True,
+    )  # fmt: skip
     with running_relay(settings) as relay:
         for _ in range(2):
             with Conversation(relay.port, source="127.0.0.2") as smtp:
@@ -65,8 +69,9 @@ def test_per_peer_connection_rate(standin: StandIn):
             assert smtp.reply() == (
                 "421 4.7.0 Too many connections from your address, try again later"
             )
-        send_well_behaved(relay)  # another peer (127.0.0.1) is not affected
-    assert len(standin.requests) == 1
+        for _ in range(3):
+            send_well_behaved(relay)  # 127.0.0.1 is in the allowed networks: no rate
+    assert len(standin.requests) == 3
 
 
 def test_idle_client_gets_421_timeout(standin: StandIn):

@@ -218,6 +218,7 @@ def test_per_peer_rate_slides():
     assert limiter.admit("a") is None
     assert limiter.admit("a") is PEER_RATE_EXCEEDED
     assert limiter.admit("b") is None
+    assert limiter.admit("a", rate_limited=False) is None
     clock.now += 31
     assert limiter.admit("a") is None
 
