@@ -107,6 +107,14 @@ class Settings(BaseSettings):
             raise ValueError(problem)
         return self
 
+    # -- operations -----------------------------------------------------------------
+    relay_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    relay_metrics_host: str = "127.0.0.1"
+    # Set by systemd for Type=notify services (sd_notify protocol), never by operators.
+    notify_socket: str | None = None
+    watchdog_usec: int | None = Field(default=None, ge=0)
+    watchdog_pid: int | None = None
+
     @model_validator(mode="after")
     def _require_credentials(self) -> Settings:
         if self.relay_dry_run:

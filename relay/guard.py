@@ -11,7 +11,8 @@ PROXY), this class decides:
   connection limits (``421 4.7.0``; the per-peer rate spares the allowed networks),
   then the network — a peer outside
   ``RELAY_ALLOWED_NETWORKS`` gets ``554 5.7.1`` and is disconnected, unless AUTH is
-  configured: then it may connect but must authenticate;
+  configured: then it may connect but must authenticate (the host itself, 127.0.0.1 or
+  ::1, always gets the greeting for health checks, and ``554 5.7.1`` at MAIL);
 - at MAIL: unauthenticated peers outside the networks get ``530 5.7.0``; a MAIL FROM
   outside the allowed sender domains gets ``550 5.7.1`` (``relay.policy``);
 - AUTH: PLAIN and LOGIN (with or without an initial response, any letter case), only
@@ -54,6 +55,9 @@ from relay.tls import server_context
 __all__ = ["PROXY_TIMEOUT", "ClientState", "Guard", "GuardedSMTP"]
 
 log = get_logger("relay.guard")
+HEALTH_CHECK_PEERS = frozenset({"127.0.0.1", "::1"})
+"""The host itself always gets the greeting (``ahasend-relay healthcheck``, container
+health checks); outside the allowed networks it is still refused, at MAIL."""
 PROXY_TIMEOUT = 10.0
 """Seconds a connection has to send its PROXY header when the PROXY protocol is on."""
 
@@ -173,7 +177,7 @@ class GuardedSMTP(RelaySMTP):
         if refusal is None:
             self._admitted = True
             self.client = ClientState(address, trusted)
-            if trusted or self.guard.authenticator is not None:
+            if trusted or self.guard.authenticator is not None or address in HEALTH_CHECK_PEERS:
                 return True
             refusal = CLIENT_NOT_ALLOWED
         log.warning("connection_refused", client=address, reply=refusal.code,
@@ -231,7 +235,7 @@ class GuardedSMTP(RelaySMTP):
         """The reply refusing MAIL FROM ``address`` in this session, or None."""
         user = self.client.user
         if not (self.client.trusted or user is not None):
-            return AUTH_REQUIRED
+            return AUTH_REQUIRED if self.guard.authenticator is not None else CLIENT_NOT_ALLOWED
         domains = user.sender_domains if user is not None else None
         if not self.guard.senders.mail_from_allowed(address, domains):
             return SENDER_NOT_ALLOWED

@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from relay.delivery import Delivery, Sender
 from relay.idempotency import transaction_keys
 from relay.log import get_logger
 from relay.message import Translated, translate
+from relay.metrics import MessageObserver
 from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
     LOCAL_ERROR,
@@ -31,7 +34,7 @@ from relay.replies import (
     reply_for,
 )
 
-__all__ = ["RelayHandler", "serialise"]
+__all__ = ["RelayHandler", "request_id", "serialise"]
 
 log = get_logger("relay.handler")
 OFFLOAD_SIZE = 1024 * 1024
@@ -59,7 +62,9 @@ class RelayHandler:
         accepted_reply: Reply = QUEUED,
         clock: Callable[[], float] = time.perf_counter,
         sender_policy: SenderPolicy | None = None,
+        observer: MessageObserver | None = None,
     ) -> None:
+        self._observer = observer
         self._sender = sender
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
@@ -90,6 +95,11 @@ class RelayHandler:
         return str(OK_RECIPIENT)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """Deliver the message; the request id ties its log lines together."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id(server)):
+            return await self._deliver(server, envelope)
+
+    async def _deliver(self, server: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
         record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
@@ -103,6 +113,7 @@ class RelayHandler:
             envelope.content = envelope.original_content = None  # free it early
             del raw
             record.add(attachments=translated.attachment_count, requests=len(keys))
+            record.add(idempotency_keys=keys)
             reply = self._reply_for_deliveries(await self._send_all(translated, keys, record))
         except RelayError as exc:
             reply = reply_for(exc)
@@ -113,6 +124,8 @@ class RelayHandler:
             record.add(error="InternalError")
         server.transactions = getattr(server, "transactions", 0) + 1
         self._log_message(record, reply, started)
+        if self._observer is not None:
+            self._observer.message_done(reply)
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -166,6 +179,11 @@ class RelayHandler:
         level = log.info if reply.code < 400 else log.warning
         level("message", reply=reply.code, enhanced=reply.enhanced, latency_ms=latency_ms,
               **record.fields)  # fmt: skip
+
+
+def request_id(server: Any) -> str:
+    """``<session_id>.<n>`` for the session's n-th transaction: ties its log lines together."""
+    return f"{getattr(server, 'session_id', '-')}.{getattr(server, 'transactions', 0) + 1}"
 
 
 def serialise(payload: dict[str, Any]) -> bytes:

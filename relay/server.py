@@ -18,23 +18,29 @@ import asyncio
 import signal
 from typing import Any
 
+import httpx
+
 from relay import __version__
 from relay.api import AhaSendClient
 from relay.config import ConfigError, Settings
 from relay.delivery import DryRunSender, Sender
 from relay.guard import Guard, GuardedSMTP
 from relay.handler import RelayHandler
+from relay.health import readiness
+from relay.http_admin import AdminServer, Readiness
 from relay.log import get_logger
+from relay.metrics import MeteredTransport, RelayMetrics
 from relay.replies import DRY_RUN_ACCEPTED, QUEUED
 from relay.smtp import RelaySMTP
+from relay.systemd import Notifier
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
 log = get_logger("relay.server")
 
 
-def build_sender(settings: Settings) -> Sender:
-    """The Sender the settings ask for: dry-run, or the AhaSend client."""
+def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:
+    """The Sender the settings ask for: dry-run, or the AhaSend client (metered if asked)."""
     if settings.relay_dry_run:
         return DryRunSender()
     assert settings.ahasend_api_key is not None  # guaranteed by Settings' validator
@@ -43,25 +49,37 @@ def build_sender(settings: Settings) -> Sender:
         api_key=settings.ahasend_api_key.get_secret_value(),
         account_id=str(settings.ahasend_account_id),
         timeout=settings.ahasend_api_timeout,
+        transport=_metered_transport(metrics) if metrics is not None else None,
     )
+
+
+def _metered_transport(metrics: RelayMetrics, connections: int = 100) -> MeteredTransport:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return MeteredTransport(metrics, httpx.AsyncHTTPTransport(limits=limits))
 
 
 class RelayServer:
     """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
 
-    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.guard = Guard.from_settings(settings)
-        self.sender = sender if sender is not None else build_sender(settings)
+        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.sender = sender if sender is not None else build_sender(settings, self.metrics)
         self.handler = RelayHandler(
             self.sender,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
+            observer=self.metrics,
         )
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
         self._sessions: set[RelaySMTP] = set()
+        self.metrics.sessions_open.func = lambda: len(self._sessions)
+        self.admin = _admin_server(settings, self.metrics, self.readiness)
 
     @property
     def port(self) -> int:
@@ -92,6 +110,24 @@ class RelayServer:
                 raise
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except OSError:
+                for server in (self._server, self._smtps_server):
+                    if server is not None:
+                        server.close()
+                await self.sender.aclose()
+                raise
+
+    @property
+    def listening(self) -> bool:
+        """True while the SMTP listener accepts connections."""
+        return self._server is not None and self._server.is_serving()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason), as ``/readyz`` reports it."""
+        return readiness(self.listening, self.settings.relay_dry_run, self.metrics)
 
     async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
         server = await loop.create_server(
@@ -111,6 +147,8 @@ class RelayServer:
                 server.close()
         abandoned = await _finish_sessions(self._sessions, grace)
         await self.sender.aclose()
+        if self.admin is not None:
+            await self.admin.stop()
         log.info("stopped", abandoned_sessions=abandoned)
 
     def reload(self) -> None:
@@ -136,6 +174,18 @@ class RelayServer:
         )
         self._sessions.add(session)
         return session
+
+
+def _admin_server(
+    settings: Settings, metrics: RelayMetrics, ready: Readiness
+) -> AdminServer | None:
+    """The /metrics, /healthz, /readyz server when RELAY_METRICS_PORT is set."""
+    if settings.relay_metrics_port is None:
+        return None
+    return AdminServer(
+        settings.relay_metrics_host, settings.relay_metrics_port,
+        render=metrics.render, ready=ready,
+    )  # fmt: skip
 
 
 async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
@@ -172,12 +222,16 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     server = RelayServer(settings)
+    notifier = Notifier.from_values(
+        settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
+    )
     loop.add_signal_handler(signal.SIGHUP, server.reload)  # from "listening" on, no race
     try:
         await server.start()
     except BaseException:
         loop.remove_signal_handler(signal.SIGHUP)
         raise
+    notifier.ready(f"listening on {settings.relay_host}:{server.port}", lambda: server.listening)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
@@ -186,6 +240,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting_down")
     finally:
+        await notifier.stopping()
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await server.stop()

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from relay.health import probe
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.security_support import (
     PASSWORD,
@@ -116,6 +117,22 @@ def test_without_auth_outside_peers_are_refused_at_connect(standin: StandIn, net
     assert standin.requests == []
 
 
+def test_the_host_itself_gets_a_greeting_but_cannot_send(standin: StandIn):
+    """127.0.0.1 outside the networks: health checks pass, MAIL gets 554 5.7.1."""
+    settings = settings_for(standin, relay_allowed_networks="127.0.0.2/32")
+    with running_relay(settings) as relay:
+        assert probe("127.0.0.1", relay.port, None, "127.0.0.1", 5.0).ok
+        with Conversation(relay.port, source=INSIDE) as smtp:
+            assert smtp.reply().startswith("220 ")
+            smtp.command("EHLO client.test")
+            assert transaction(smtp, *SENDERS["allowed"]) == (
+                "554 5.7.1 Access denied: client not allowed"
+            )
+        with Conversation(relay.port, source="127.0.0.3") as smtp:
+            assert smtp.reply() == "554 5.7.1 Access denied: client not allowed"
+    assert standin.requests == []
+
+
 def test_default_networks_are_loopback_only(standin: StandIn):
     """No AUTH, no networks: every loopback address may send (127.0.0.0/8, ::1)."""
     with (
@@ -133,7 +150,11 @@ def test_ipv6_networks(standin: StandIn):
     assert len(standin.requests) == 1
     settings = settings_for(standin, relay_host="::1", relay_allowed_networks="2001:db8::/32")
     with running_relay(settings) as relay, Conversation(relay.port, "::1", host="::1") as smtp:
-        assert smtp.reply() == "554 5.7.1 Access denied: client not allowed"
+        assert smtp.reply().startswith("220 ")  # the host itself: refused at MAIL
+        smtp.command("EHLO client.test")
+        assert transaction(smtp, *SENDERS["allowed"]) == (
+            "554 5.7.1 Access denied: client not allowed"
+        )
 
 
 def test_from_rewrite_keeps_name_and_sets_reply_to(standin: StandIn):
