@@ -27,8 +27,10 @@ from relay.config import ConfigError, Settings, load_settings
 from relay.health import connect_host, probe
 from relay.http_admin import AdminListenError
 from relay.log import configure
+from relay.queue_cli import add_queue_commands, run_queue_command
 from relay.replies import RelayError, RelayMisconfigured, UpstreamForbidden
 from relay.server import build_sender, run
+from relay.spool import Spool, SpoolUnavailable
 
 __all__ = ["EX_CONFIG", "EX_OK", "main"]
 
@@ -37,6 +39,7 @@ EX_FAILED = 1
 EX_USAGE = 64
 EX_UNAVAILABLE = 69
 EX_OSERR = 71
+EX_CANTCREAT = 73
 EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
@@ -77,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     hasher.add_argument("--scheme", choices=("argon2", "bcrypt"), default="argon2",
                         help="hash scheme (default: argon2id)")  # fmt: skip
     hasher.set_defaults(command=cmd_hash_password)
+    queue = commands.add_parser("queue", help="list, show, retry or delete spooled messages")
+    _add_settings_options(queue)
+    queue.add_argument("--spool-dir", type=Path, help="the spool directory (RELAY_SPOOL_DIR)")
+    add_queue_commands(queue)
+    queue.set_defaults(command=cmd_queue)
     _add_ops_commands(commands)
     return parser
 
@@ -117,6 +125,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except AdminListenError as exc:
         print(f"ahasend-relay: {exc}", file=sys.stderr)
         return EX_OSERR
+    except SpoolUnavailable as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
     except OSError as exc:  # the listener could not bind
         print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
               f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
@@ -146,6 +157,27 @@ def _read_password() -> str:
             return ""
         return first
     return sys.stdin.readline().rstrip("\r\n")
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    """Run a ``queue`` subcommand against the spool (works while the daemon runs)."""
+    # The queue tools never call the API, so they do not need its credentials.
+    settings = load_settings(getattr(args, "env_file", None), relay_dry_run=True)
+    directory = args.spool_dir or settings.relay_spool_dir
+    if directory is None:
+        raise ConfigError("RELAY_SPOOL_DIR (or --spool-dir) must name the spool directory")
+    if not directory.is_dir():
+        print(f"ahasend-relay: no spool at {directory}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        spool = Spool(directory)
+    except SpoolUnavailable as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    try:
+        return run_queue_command(args, spool, settings.relay_spool_max_age, sys.stdout)
+    finally:
+        spool.close()
 
 
 # -- operations: check-config, send-test, healthcheck ------------------------------------

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
     relay_smtp_timeout: float = Field(default=300.0, gt=0)
     relay_shutdown_timeout: float = Field(default=30.0, ge=0)
 
+    # -- delivery guarantees (retries, pacing, spool) ---------------------------------
+    relay_retry_deadline: float = Field(default=60.0, ge=0, le=600)
+    relay_api_rate: float = Field(default=90.0, gt=0)
+    relay_api_burst: int = Field(default=180, ge=1)
+    relay_api_concurrency: int = Field(default=32, ge=1, le=1000)
+    relay_spool_dir: Path | None = None
+    relay_spool_max_age: float = Field(default=5 * 86400.0, gt=0)
+    relay_spool_retry_min: float = Field(default=30.0, gt=0)
+    relay_spool_retry_max: float = Field(default=900.0, gt=0)
+    relay_bounce_notices: bool = False
+    relay_bounce_from: str | None = None
+
     # -- behaviour ------------------------------------------------------------------
     relay_dry_run: bool = False
     relay_log_format: Literal["json", "console"] | None = None
@@ -131,6 +143,14 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{' and '.join(missing)} must be set (or RELAY_DRY_RUN=true to run without)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _require_bounce_from(self) -> Settings:
+        if self.relay_bounce_notices and not (self.relay_bounce_from or "").strip():
+            raise ValueError("RELAY_BOUNCE_FROM must be set when RELAY_BOUNCE_NOTICES=true")
+        if self.relay_bounce_notices and self.relay_spool_dir is None:
+            raise ValueError("RELAY_BOUNCE_NOTICES=true needs the spool (RELAY_SPOOL_DIR)")
         return self
 
     @property

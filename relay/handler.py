@@ -17,6 +17,7 @@ from typing import Any
 import structlog
 
 from relay.delivery import Delivery, Sender
+from relay.dispatch import Dispatcher
 from relay.idempotency import transaction_keys
 from relay.log import get_logger
 from relay.message import Translated, translate
@@ -28,6 +29,7 @@ from relay.replies import (
     OK_SENDER,
     PARTIALLY_QUEUED,
     QUEUED,
+    QUEUED_FOR_DELIVERY,
     TOO_MANY_RECIPIENTS,
     RelayError,
     Reply,
@@ -63,9 +65,11 @@ class RelayHandler:
         clock: Callable[[], float] = time.perf_counter,
         sender_policy: SenderPolicy | None = None,
         observer: MessageObserver | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
         self._observer = observer
         self._sender = sender
+        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(sender)
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
         self._clock = clock
@@ -114,7 +118,8 @@ class RelayHandler:
             del raw
             record.add(attachments=translated.attachment_count, requests=len(keys))
             record.add(idempotency_keys=keys)
-            reply = self._reply_for_deliveries(await self._send_all(translated, keys, record))
+            deliveries = await self._send_all(translated, keys, envelope, record)
+            reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
             reply = reply_for(exc)
             record.add(error=type(exc).__name__, error_detail=exc.detail)
@@ -149,12 +154,14 @@ class RelayHandler:
         return translate(raw, mail_from, rcpt_tos)
 
     async def _send_all(
-        self, translated: Translated, keys: Sequence[str], record: _Record
+        self, translated: Translated, keys: Sequence[str], envelope: Any, record: _Record
     ) -> list[Delivery]:
-        deliveries = []
-        for payload, key in zip(translated.payloads, keys, strict=True):
-            deliveries.append(await self._sender.send(serialise(payload), key))
+        bodies = [serialise(payload) for payload in translated.payloads]
+        deliveries = await self._dispatcher.send_all(
+            bodies, keys, envelope.mail_from, envelope.rcpt_tos
+        )
         record.add(
+            spooled=[d.spool_id for d in deliveries if d.spooled],
             upstream_status=deliveries[-1].status,
             message_ids=[i for d in deliveries for i in d.message_ids],
             replayed=any(d.replayed for d in deliveries),
@@ -169,6 +176,9 @@ class RelayHandler:
             return PARTIALLY_QUEUED.with_detail(
                 f"{len(failures)} recipient(s) refused: {failures[0][0]} ({failures[0][1]})"
             )
+        spooled = [str(d.spool_id) for d in deliveries if d.spooled]
+        if spooled:
+            return QUEUED_FOR_DELIVERY.with_detail(f"spool id {', '.join(spooled)}")
         if not ids:
             return self._accepted_reply
         more = f" (+{len(ids) - 1} more)" if len(ids) > 1 else ""

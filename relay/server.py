@@ -8,8 +8,19 @@ AUTH users (``RelayServer.reload``) without closing the listeners.
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
 sessions are the same ``GuardedSMTP`` as on the plain port (``relay.guard``).
 
-Shutdown order: stop accepting connections, give sessions in flight up to
-``RELAY_SHUTDOWN_TIMEOUT`` seconds to finish, close the rest, then close the sender.
+Delivery stack: the handler sends through ``RetryingSender`` (retries within the
+transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
+``RELAY_SPOOL_DIR`` set, transient failures are spooled and a ``SpoolWorker`` task
+delivers them through the same ``PacedSender``.
+
+Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the listener
+stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
+transactions get 421 and are closed; a transaction in flight finishes (without further
+in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
+then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
+stops after its delivery round in progress (a safe point; it is cancelled if it
+overruns the grace period, which is safe too: a spooled row only changes after the API
+answered). Then the listener, the sender and the spool are closed.
 """
 
 from __future__ import annotations
@@ -22,17 +33,22 @@ import httpx
 
 from relay import __version__
 from relay.api import AhaSendClient
+from relay.bounce import Bouncer
 from relay.config import ConfigError, Settings
 from relay.delivery import DryRunSender, Sender
+from relay.dispatch import Dispatcher, SpoolPolicy
 from relay.guard import Guard, GuardedSMTP
 from relay.handler import RelayHandler
 from relay.health import readiness
 from relay.http_admin import AdminServer, Readiness
 from relay.log import get_logger
 from relay.metrics import MeteredTransport, RelayMetrics
-from relay.replies import DRY_RUN_ACCEPTED, QUEUED
-from relay.smtp import RelaySMTP
+from relay.pacing import PacedSender, TokenBucket
+from relay.replies import DRY_RUN_ACCEPTED, QUEUED, SERVICE_NOT_AVAILABLE
+from relay.retry import RetryingSender
+from relay.spool import Spool
 from relay.systemd import Notifier
+from relay.worker import SpoolWorker, WorkerPolicy
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -68,18 +84,27 @@ class RelayServer:
         self.guard = Guard.from_settings(settings)
         self.metrics = metrics if metrics is not None else RelayMetrics()
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
+        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
+        paced = _paced(self.sender, settings)
+        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
         self.handler = RelayHandler(
-            self.sender,
+            front,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
+            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
         )
+        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[RelaySMTP] = set()
+        self._sessions: set[_TrackedSMTP] = set()
+        self._draining = False
         self.metrics.sessions_open.func = lambda: len(self._sessions)
         self.admin = _admin_server(settings, self.metrics, self.readiness)
+        if self.spool is not None:
+            _report_spool(self.metrics, self.spool)
 
     @property
     def port(self) -> int:
@@ -119,6 +144,8 @@ class RelayServer:
                         server.close()
                 await self.sender.aclose()
                 raise
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
 
     @property
     def listening(self) -> bool:
@@ -140,15 +167,29 @@ class RelayServer:
         return server
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let sessions finish within ``grace`` seconds, close the rest."""
+        """Refuse new work, let transactions finish within ``grace`` seconds, then close.
+
+        See the module docstring for the order. Returns when everything is closed.
+        """
         grace = self.settings.relay_shutdown_timeout if grace is None else grace
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        self._draining = True
+        self._front.stop_retrying()
+        if self.worker is not None:
+            self.worker.stop()  # it ends after its round in progress
+        for session in list(self._sessions):
+            session.drain()
+        abandoned = await _finish_sessions(self._sessions, grace)
         for server in (self._server, self._smtps_server):
             if server is not None:
                 server.close()
-        abandoned = await _finish_sessions(self._sessions, grace)
+        await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
         if self.admin is not None:
             await self.admin.stop()
+        if self.spool is not None:
+            self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
     def reload(self) -> None:
@@ -158,7 +199,19 @@ class RelayServer:
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc))
 
-    def _new_session(self, implicit_tls: bool = False) -> RelaySMTP:
+    async def _stop_worker(self, grace: float) -> None:
+        """Wait for the worker to end its round in progress; cancel it past ``grace``."""
+        if self._worker_task is None:
+            return
+        done, _ = await asyncio.wait([self._worker_task], timeout=grace)
+        if not done:
+            log.warning("worker_cancelled", grace_s=round(grace, 1))
+            self._worker_task.cancel()
+        await asyncio.gather(self._worker_task, return_exceptions=True)
+
+    def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
+        if self._draining:
+            return _Refuser()
         session = _TrackedSMTP(
             self.handler,
             self._sessions,
@@ -188,7 +241,57 @@ def _admin_server(
     )  # fmt: skip
 
 
-async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
+def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
+    """Spool depth, oldest age and health, read from the spool at scrape time."""
+
+    def healthy() -> bool:
+        try:
+            spool.stats()
+        except Exception:  # a spool that cannot answer a query cannot take mail either
+            return False
+        return True
+
+    metrics.register_spool(
+        depth=lambda: spool.stats().queued,
+        oldest_age=lambda: spool.stats().oldest_age,
+        healthy=healthy,
+    )
+
+
+def _paced(sender: Sender, settings: Settings) -> PacedSender:
+    bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
+    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
+
+
+def _spool_policy(settings: Settings) -> SpoolPolicy:
+    return SpoolPolicy(
+        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
+    )
+
+
+def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
+    policy = WorkerPolicy(
+        retry_min=settings.relay_spool_retry_min,
+        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
+        max_age=settings.relay_spool_max_age,
+        poll_interval=min(1.0, settings.relay_spool_retry_min),
+    )
+    bouncer = None
+    if settings.relay_bounce_notices and settings.relay_bounce_from:
+        bouncer = Bouncer(sender, settings.relay_bounce_from)
+    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+
+
+class _Refuser(asyncio.Protocol):
+    """A connection that arrives while the relay shuts down: ``421 4.3.2``, then close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+        transport.close()
+
+
+async def _finish_sessions(sessions: set[_TrackedSMTP], grace: float) -> int:
     """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
     tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
     if not tasks:
@@ -206,11 +309,38 @@ def _handshake_timeout(settings: Settings) -> float:
 
 
 class _TrackedSMTP(GuardedSMTP):
-    """A session that leaves its server's registry when its connection closes."""
+    """A session that leaves its server's registry when its connection closes.
 
-    def __init__(self, handler: Any, registry: set[RelaySMTP], **kwargs: Any) -> None:
+    ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
+    right after the transaction in progress ends (DATA answered, or RSET).
+    """
+
+    def __init__(self, handler: Any, registry: set[_TrackedSMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._registry = registry
+        self._draining = False
+
+    def drain(self) -> None:
+        self._draining = True
+        if self.envelope is None or self.envelope.mail_from is None:
+            self._refuse()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        await super().smtp_DATA(arg)
+        if self._draining:
+            self._refuse()
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        if self._draining:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Send ``421 4.3.2`` and close (the write is flushed before the close)."""
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+            transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
