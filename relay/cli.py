@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import re
 import smtplib
 import sys
@@ -21,6 +22,7 @@ from pydantic import SecretStr
 
 from relay import __version__
 from relay.api import AhaSendClient
+from relay.auth import hash_password
 from relay.config import ConfigError, Settings, load_settings
 from relay.health import connect_host, probe
 from relay.http_admin import AdminListenError
@@ -71,6 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (RELAY_HOST)")
     serve.add_argument("--port", type=int, help="port to listen on (RELAY_PORT)")
     serve.set_defaults(command=cmd_serve)
+    hasher = commands.add_parser(
+        "hash-password",
+        help="read a password on stdin and print its hash for RELAY_AUTH_FILE",
+    )
+    hasher.add_argument("--scheme", choices=("argon2", "bcrypt"), default="argon2",
+                        help="hash scheme (default: argon2id)")  # fmt: skip
+    hasher.set_defaults(command=cmd_hash_password)
     queue = commands.add_parser("queue", help="list, show, retry or delete spooled messages")
     _add_settings_options(queue)
     queue.add_argument("--spool-dir", type=Path, help="the spool directory (RELAY_SPOOL_DIR)")
@@ -108,7 +117,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve SMTP until SIGTERM/SIGINT."""
     settings = settings_from(args)
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
-    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=[key])
+    password = settings.relay_auth_password
+    secrets = [key, password.get_secret_value() if password else ""]
+    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets)
     try:
         asyncio.run(run(settings))
     except AdminListenError as exc:
@@ -122,6 +133,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
               f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
         return EX_OSERR
     return EX_OK
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """Print the hash of the password read from stdin (no echo on a terminal)."""
+    password = _read_password()
+    if not password:
+        print("ahasend-relay: empty password", file=sys.stderr)
+        return EX_USAGE
+    try:
+        print(hash_password(password, args.scheme))
+    except ValueError as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_USAGE
+    return EX_OK
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Again: "):
+            print("ahasend-relay: passwords differ", file=sys.stderr)
+            return ""
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
 
 
 def cmd_queue(args: argparse.Namespace) -> int:

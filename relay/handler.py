@@ -22,6 +22,7 @@ from relay.idempotency import transaction_keys
 from relay.log import get_logger
 from relay.message import Translated, translate
 from relay.metrics import MessageObserver
+from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
     LOCAL_ERROR,
     OK_RECIPIENT,
@@ -62,6 +63,7 @@ class RelayHandler:
         max_recipients: int = 50,
         accepted_reply: Reply = QUEUED,
         clock: Callable[[], float] = time.perf_counter,
+        sender_policy: SenderPolicy | None = None,
         observer: MessageObserver | None = None,
         dispatcher: Dispatcher | None = None,
     ) -> None:
@@ -71,6 +73,7 @@ class RelayHandler:
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
         self._clock = clock
+        self._sender_policy = sender_policy
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -106,6 +109,7 @@ class RelayHandler:
         record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
+            translated = self._vet_sender(translated, server)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
                 len(translated.payloads),
@@ -133,6 +137,16 @@ class RelayHandler:
         """Any exception aiosmtpd did not expect: a transient reply, never internals."""
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
+
+    def _vet_sender(self, translated: Translated, server: Any) -> Translated:
+        """Apply the sender policy (``relay.policy``): From rewritten, or SenderRefused."""
+        if self._sender_policy is None:
+            return translated
+        client = getattr(server, "client", None)
+        user = getattr(client, "user", None)
+        domains = user.sender_domains if user is not None else None
+        payloads = self._sender_policy.vet(translated.payloads, domains)
+        return with_payloads(translated, payloads)
 
     async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
         if len(raw) > OFFLOAD_SIZE:

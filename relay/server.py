@@ -2,7 +2,11 @@
 
 ``RelayServer`` owns the listening socket, the live SMTP sessions and the ``Sender``.
 ``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
-the serve and restores them afterwards.
+the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and the
+AUTH users (``RelayServer.reload``) without closing the listeners.
+
+With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
+sessions are the same ``GuardedSMTP`` as on the plain port (``relay.guard``).
 
 Delivery stack: the handler sends through ``RetryingSender`` (retries within the
 transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
@@ -30,9 +34,10 @@ import httpx
 from relay import __version__
 from relay.api import AhaSendClient
 from relay.bounce import Bouncer
-from relay.config import Settings
+from relay.config import ConfigError, Settings
 from relay.delivery import DryRunSender, Sender
 from relay.dispatch import Dispatcher, SpoolPolicy
+from relay.guard import Guard, GuardedSMTP
 from relay.handler import RelayHandler
 from relay.health import readiness
 from relay.http_admin import AdminServer, Readiness
@@ -41,7 +46,6 @@ from relay.metrics import MeteredTransport, RelayMetrics
 from relay.pacing import PacedSender, TokenBucket
 from relay.replies import DRY_RUN_ACCEPTED, QUEUED, SERVICE_NOT_AVAILABLE
 from relay.retry import RetryingSender
-from relay.smtp import RelaySMTP
 from relay.spool import Spool
 from relay.systemd import Notifier
 from relay.worker import SpoolWorker, WorkerPolicy
@@ -77,6 +81,7 @@ class RelayServer:
         self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
     ) -> None:
         self.settings = settings
+        self.guard = Guard.from_settings(settings)
         self.metrics = metrics if metrics is not None else RelayMetrics()
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
         self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
@@ -86,12 +91,14 @@ class RelayServer:
             front,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
+            sender_policy=self.guard.senders,
             observer=self.metrics,
             dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
         )
         self.worker = _worker(self.spool, paced, settings) if self.spool else None
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
+        self._smtps_server: asyncio.Server | None = None
         self._sessions: set[_TrackedSMTP] = set()
         self._draining = False
         self.metrics.sessions_open.func = lambda: len(self._sessions)
@@ -106,19 +113,35 @@ class RelayServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def smtps_port(self) -> int | None:
+        """The bound implicit-TLS port, or None without ``RELAY_SMTPS_PORT``."""
+        if self._smtps_server is None:
+            return None
+        port: int = self._smtps_server.sockets[0].getsockname()[1]
+        return port
+
     async def start(self) -> None:
-        """Bind the listener; returns once connections are accepted."""
+        """Bind the listener(s); returns once connections are accepted."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
         )
+        if self.settings.relay_smtps_port is not None:
+            try:
+                self._smtps_server = await self._start_smtps(loop)
+            except OSError:
+                self._server.close()
+                raise
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
         if self.admin is not None:
             try:
                 await self.admin.start()
             except OSError:
-                self._server.close()
+                for server in (self._server, self._smtps_server):
+                    if server is not None:
+                        server.close()
                 await self.sender.aclose()
                 raise
         if self.worker is not None:
@@ -132,6 +155,16 @@ class RelayServer:
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason), as ``/readyz`` reports it."""
         return readiness(self.listening, self.settings.relay_dry_run, self.metrics)
+
+    async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+        server = await loop.create_server(
+            lambda: self._new_session(implicit_tls=True),
+            host=self.settings.relay_host, port=self.settings.relay_smtps_port,
+            ssl=self.guard.tls_context, ssl_handshake_timeout=_handshake_timeout(self.settings),
+        )  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        log.info("listening_smtps", host=self.settings.relay_host, port=port)
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new work, let transactions finish within ``grace`` seconds, then close.
@@ -148,8 +181,9 @@ class RelayServer:
         for session in list(self._sessions):
             session.drain()
         abandoned = await _finish_sessions(self._sessions, grace)
-        if self._server is not None:
-            self._server.close()
+        for server in (self._server, self._smtps_server):
+            if server is not None:
+                server.close()
         await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
         if self.admin is not None:
@@ -157,6 +191,13 @@ class RelayServer:
         if self.spool is not None:
             self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
+        try:
+            self.guard.reload()
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc))
 
     async def _stop_worker(self, grace: float) -> None:
         """Wait for the worker to end its round in progress; cancel it past ``grace``."""
@@ -168,12 +209,14 @@ class RelayServer:
             self._worker_task.cancel()
         await asyncio.gather(self._worker_task, return_exceptions=True)
 
-    def _new_session(self) -> asyncio.Protocol:
+    def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
             return _Refuser()
         session = _TrackedSMTP(
             self.handler,
             self._sessions,
+            guard=self.guard,
+            implicit_tls=implicit_tls,
             hostname=self.settings.relay_hostname,
             ident=f"ahasend-relay {__version__} ESMTP",
             data_size_limit=self.settings.relay_max_message_size,
@@ -260,7 +303,12 @@ async def _finish_sessions(sessions: set[_TrackedSMTP], grace: float) -> int:
     return len(pending)
 
 
-class _TrackedSMTP(RelaySMTP):
+def _handshake_timeout(settings: Settings) -> float:
+    """Seconds an SMTPS client gets to finish its TLS handshake."""
+    return min(settings.relay_smtp_timeout, 30.0)
+
+
+class _TrackedSMTP(GuardedSMTP):
     """A session that leaves its server's registry when its connection closes.
 
     ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
@@ -307,7 +355,12 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     notifier = Notifier.from_values(
         settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
     )
-    await server.start()
+    loop.add_signal_handler(signal.SIGHUP, server.reload)  # from "listening" on, no race
+    try:
+        await server.start()
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        raise
     notifier.ready(f"listening on {settings.relay_host}:{server.port}", lambda: server.listening)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
@@ -318,6 +371,6 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         log.info("shutting_down")
     finally:
         await notifier.stopping()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await server.stop()
