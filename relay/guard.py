@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,6 +82,8 @@ class Guard:
     senders: SenderPolicy
     authenticator: Authenticator | None = None
     tls_context: ssl.SSLContext | None = None
+    on_auth_failure: Callable[[], None] = lambda: None
+    """Called once per failed AUTH attempt (the server counts them in its metrics)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -279,6 +282,7 @@ class GuardedSMTP(RelaySMTP):
 
     async def _auth_failed(self, login: bytes) -> AuthResult:
         self._auth_failures += 1
+        self.guard.on_auth_failure()
         log.warning("auth_failed", user=login.decode("utf-8", "replace")[:64],
                     failures=self._auth_failures, client=self.client.address)  # fmt: skip
         if self._auth_failures < self.guard.settings.relay_auth_max_failures:

@@ -81,8 +81,9 @@ class RelayServer:
         self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
     ) -> None:
         self.settings = settings
-        self.guard = Guard.from_settings(settings)
         self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.guard = Guard.from_settings(settings)
+        self.guard.on_auth_failure = self.metrics.auth_failures.inc
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
         self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
         paced = _paced(self.sender, settings)

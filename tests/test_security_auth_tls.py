@@ -144,6 +144,8 @@ def test_bad_credentials_get_535_then_421_and_disconnect(
         unknown_user = f"AUTH PLAIN {plain_token('nobody', PASSWORD)}"
         assert smtp.command(unknown_user) == "421 4.7.0 Too many failed authentication attempts"
         assert smtp.closed_by_server()
+        assert relay.server is not None
+        assert "ahasend_relay_auth_failures_total 2" in relay.server.metrics.render()
     assert standin.requests == []
 
 
