@@ -64,6 +64,7 @@ class AhaSendClient:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._path = f"/v2/accounts/{account_id}/messages/conversation"
+        self._account_path = f"/v2/accounts/{account_id}"
         self._client = httpx.AsyncClient(
             base_url=base_url,
             headers={
@@ -96,6 +97,22 @@ class AhaSendClient:
             raise UpstreamUnreachable(type(exc).__name__) from exc
         if not response.is_success:
             raise error_for_status(response)
+
+    async def get_account(self) -> dict[str, Any]:
+        """GET /v2/accounts/{account_id} (read-only; needs accounts:read), or a RelayError."""
+        try:
+            response = await self._client.get(self._account_path)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnreachable(type(exc).__name__) from exc
+        if not response.is_success:
+            raise error_for_status(response)
+        try:
+            account = response.json()
+        except ValueError:
+            return {}
+        return account if isinstance(account, dict) else {}
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -8,12 +8,20 @@ process environment, then an env file (``--env-file``). Every variable is docume
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import Field, HttpUrl, SecretStr, ValidationError, model_validator
+from pydantic import (
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["ConfigError", "Settings", "load_settings"]
@@ -51,11 +59,75 @@ class Settings(BaseSettings):
     relay_smtp_timeout: float = Field(default=300.0, gt=0)
     relay_shutdown_timeout: float = Field(default=30.0, ge=0)
 
+    # -- delivery guarantees (retries, pacing, spool) ---------------------------------
+    relay_retry_deadline: float = Field(default=60.0, ge=0, le=600)
+    relay_api_rate: float = Field(default=90.0, gt=0)
+    relay_api_burst: int = Field(default=180, ge=1)
+    relay_api_concurrency: int = Field(default=32, ge=1, le=1000)
+    relay_spool_dir: Path | None = None
+    relay_spool_max_age: float = Field(default=5 * 86400.0, gt=0)
+    relay_spool_retry_min: float = Field(default=30.0, gt=0)
+    relay_spool_retry_max: float = Field(default=900.0, gt=0)
+    relay_bounce_notices: bool = False
+    relay_bounce_from: str | None = None
+
     # -- behaviour ------------------------------------------------------------------
     relay_dry_run: bool = False
     relay_log_format: Literal["json", "console"] | None = None
     relay_log_level: Literal["debug", "info", "warning", "error"] = "info"
     relay_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+
+    # -- security (relay.guard, relay.auth, relay.tls, relay.policy, relay.limits) ----
+    relay_auth_file: Path | None = None
+    relay_auth_user: str | None = None
+    relay_auth_password: SecretStr | None = None
+    relay_auth_allow_plaintext: bool = False
+    relay_auth_max_failures: int = Field(default=3, ge=1)
+    relay_auth_failure_delay: float = Field(default=1.0, ge=0, le=60)
+    relay_tls_cert: Path | None = None
+    relay_tls_key: Path | None = None
+    relay_smtps_port: int | None = Field(default=None, ge=0, le=65535)
+    relay_require_tls: bool = False
+    relay_allowed_networks: str = ""
+    relay_allowed_sender_domains: str = ""
+    relay_from_rewrite: str | None = None
+    relay_proxy_protocol: bool = False
+    relay_proxy_trusted_networks: str = ""
+    relay_max_connections: int = Field(default=100, ge=1)
+    relay_peer_connection_rate: int = Field(default=60, ge=0)
+
+    @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
+    @classmethod
+    def _parse_networks(cls, value: str) -> str:
+        parse_networks(value)
+        return value
+
+    @field_validator("relay_allowed_sender_domains")
+    @classmethod
+    def _parse_domains(cls, value: str) -> str:
+        parse_domains(value)
+        return value
+
+    @field_validator("relay_from_rewrite")
+    @classmethod
+    def _parse_rewrite(cls, value: str | None) -> str | None:
+        if value is not None and not _ADDRESS.fullmatch(value):
+            raise ValueError(f"{value!r} is not a plain address like relay@example.com")
+        return value
+
+    @model_validator(mode="after")
+    def _require_consistent_security(self) -> Settings:
+        for problem in _security_problems(self):
+            raise ValueError(problem)
+        return self
+
+    # -- operations -----------------------------------------------------------------
+    relay_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    relay_metrics_host: str = "127.0.0.1"
+    # Set by systemd for Type=notify services (sd_notify protocol), never by operators.
+    notify_socket: str | None = None
+    watchdog_usec: int | None = Field(default=None, ge=0)
+    watchdog_pid: int | None = None
 
     @model_validator(mode="after")
     def _require_credentials(self) -> Settings:
@@ -75,15 +147,127 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _require_bounce_from(self) -> Settings:
+        if self.relay_bounce_notices and not (self.relay_bounce_from or "").strip():
+            raise ValueError("RELAY_BOUNCE_FROM must be set when RELAY_BOUNCE_NOTICES=true")
+        if self.relay_bounce_notices and self.relay_spool_dir is None:
+            raise ValueError("RELAY_BOUNCE_NOTICES=true needs the spool (RELAY_SPOOL_DIR)")
+        return self
+
     @property
     def binds_loopback_only(self) -> bool:
         """True when the SMTP listener is reachable from this machine only."""
         return _is_loopback(self.relay_host)
 
     @property
+    def auth_configured(self) -> bool:
+        """True when SMTP AUTH has users (a credentials file or the single user)."""
+        return self.relay_auth_file is not None or self.relay_auth_user is not None
+
+    @property
+    def tls_configured(self) -> bool:
+        """True when a certificate is configured (STARTTLS and the SMTPS listener)."""
+        return self.relay_tls_cert is not None
+
+    @property
+    def allowed_networks(self) -> tuple[Network, ...]:
+        """Client networks that may send without AUTH.
+
+        Unset: loopback only when AUTH is off, nobody when AUTH is on (safe by default).
+        """
+        if self.relay_allowed_networks.strip():
+            return parse_networks(self.relay_allowed_networks)
+        return () if self.auth_configured else LOOPBACK_NETWORKS
+
+    @property
+    def proxy_trusted_networks(self) -> tuple[Network, ...]:
+        """Peers whose PROXY header is believed (the load balancers)."""
+        return parse_networks(self.relay_proxy_trusted_networks)
+
+    @property
+    def allowed_sender_domains(self) -> frozenset[str]:
+        """Domains MAIL FROM and From may use; empty means any (see ``relay.policy``)."""
+        return frozenset(parse_domains(self.relay_allowed_sender_domains))
+
+    @property
     def api_base_url(self) -> str:
         """The API base URL without a trailing slash."""
         return str(self.ahasend_api_base_url).rstrip("/")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+LOOPBACK_NETWORKS: tuple[Network, ...] = (
+    ipaddress.ip_network("127.0.0.0/8"),
+    ipaddress.ip_network("::1/128"),
+)
+_ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
+_DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9-]{1,63}")
+OPEN_RELAY = "this would be an open relay"
+
+
+def _items(value: str) -> list[str]:
+    return [item for item in re.split(r"[\s,]+", value) if item]
+
+
+def parse_networks(value: str) -> tuple[Network, ...]:
+    """``"10.0.0.0/8, 2001:db8::/32 192.0.2.7"`` as networks; ValueError names a bad entry.
+
+    A whole-Internet network (``0.0.0.0/0``, ``::/0``) is refused: it would be an open relay.
+    """
+    networks = []
+    for item in _items(value):
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IPv4/IPv6 address or CIDR network") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{item} admits every address: {OPEN_RELAY}")
+        networks.append(network)
+    return tuple(networks)
+
+
+def parse_domains(value: str) -> list[str]:
+    """``"example.com, example.org"`` as lowercase domains; ValueError names a bad entry."""
+    domains = []
+    for item in _items(value):
+        if not _DOMAIN.fullmatch(item):
+            raise ValueError(f"{item!r} is not a domain name")
+        domains.append(item.lower().rstrip("."))
+    return domains
+
+
+def _security_problems(s: Settings) -> list[str]:
+    """Combinations of security settings that cannot work or would make an open relay."""
+    problems = []
+    if s.relay_auth_user is not None and not _secret(s.relay_auth_password):
+        problems.append("RELAY_AUTH_USER needs RELAY_AUTH_PASSWORD")
+    if s.relay_tls_key is not None and s.relay_tls_cert is None:
+        problems.append("RELAY_TLS_KEY needs RELAY_TLS_CERT")
+    for name, wanted in (("RELAY_SMTPS_PORT", s.relay_smtps_port is not None),
+                         ("RELAY_REQUIRE_TLS", s.relay_require_tls)):  # fmt: skip
+        if wanted and not s.tls_configured:
+            problems.append(f"{name} needs RELAY_TLS_CERT (and RELAY_TLS_KEY)")
+    if s.relay_proxy_protocol and not s.relay_proxy_trusted_networks.strip():
+        problems.append(
+            "RELAY_PROXY_PROTOCOL needs RELAY_PROXY_TRUSTED_NETWORKS (the load balancer's "
+            "addresses): anyone else could claim any client address"
+        )
+    if s.auth_configured and not (s.tls_configured or s.relay_auth_allow_plaintext):
+        problems.append(
+            "SMTP AUTH needs TLS: set RELAY_TLS_CERT/RELAY_TLS_KEY, or "
+            "RELAY_AUTH_ALLOW_PLAINTEXT=true if passwords may cross the network in clear"
+        )
+    if not (s.binds_loopback_only or s.auth_configured or s.relay_allowed_networks.strip()):
+        problems.append(
+            f"RELAY_HOST={s.relay_host} is reachable from other hosts but neither SMTP AUTH "
+            f"(RELAY_AUTH_FILE or RELAY_AUTH_USER) nor RELAY_ALLOWED_NETWORKS is set: {OPEN_RELAY}"
+        )
+    return problems
+
+
+def _secret(value: SecretStr | None) -> bool:
+    return value is not None and bool(value.get_secret_value())
 
 
 def _is_loopback(host: str) -> bool:

@@ -24,7 +24,8 @@ class Delivery:
     """AhaSend's answer to one accepted request.
 
     ``message_ids`` are the ids of queued or scheduled recipients; ``failures`` pairs each
-    recipient AhaSend refused inside a 202 with its error text.
+    recipient AhaSend refused inside a 202 with its error text. ``spooled`` marks a request
+    the API could not take now that was written to the spool as ``spool_id`` instead.
     """
 
     status: int
@@ -32,6 +33,8 @@ class Delivery:
     failures: tuple[tuple[str, str], ...] = ()
     replayed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    spooled: bool = False
+    spool_id: int | None = None
 
 
 class Sender(Protocol):

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 from relay.config import ConfigError
 
-__all__ = ["EventLoopChoice", "loop_factory", "new_event_loop"]
+__all__ = ["EventLoopChoice", "loop_factory", "new_event_loop", "run"]
+
+T = TypeVar("T")
 
 EventLoopChoice = Literal["auto", "asyncio", "uvloop"]
 
@@ -44,3 +46,24 @@ def loop_factory(
 def new_event_loop(choice: str) -> asyncio.AbstractEventLoop:
     """A new event loop of the kind ``choice`` names (see the module docstring)."""
     return loop_factory(choice)()
+
+
+def run(main: Coroutine[Any, Any, T], choice: str) -> T:
+    """``asyncio.run(main)`` on a new loop of the kind ``choice`` names.
+
+    Like ``asyncio.run``, the loop is the thread's current event loop while it runs
+    (``asyncio.Runner`` with a ``loop_factory`` does not set it, and code that asks for
+    the current loop, e.g. aiosmtpd's, would get another one).
+    """
+    factory = loop_factory(choice)
+
+    def current() -> asyncio.AbstractEventLoop:
+        loop = factory()
+        asyncio.set_event_loop(loop)
+        return loop
+
+    try:
+        with asyncio.Runner(loop_factory=current) as runner:
+            return runner.run(main)
+    finally:
+        asyncio.set_event_loop(None)

@@ -15,23 +15,29 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from relay.delivery import Delivery, Sender
+from relay.dispatch import Dispatcher
 from relay.idempotency import transaction_keys
 from relay.log import get_logger
 from relay.message import Translated, translate
+from relay.metrics import MessageObserver
+from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
     LOCAL_ERROR,
     OK_RECIPIENT,
     OK_SENDER,
     PARTIALLY_QUEUED,
     QUEUED,
+    QUEUED_FOR_DELIVERY,
     TOO_MANY_RECIPIENTS,
     RelayError,
     Reply,
     reply_for,
 )
 
-__all__ = ["RelayHandler", "serialise"]
+__all__ = ["RelayHandler", "request_id", "serialise"]
 
 log = get_logger("relay.handler")
 OFFLOAD_SIZE = 1024 * 1024
@@ -58,11 +64,17 @@ class RelayHandler:
         max_recipients: int = 50,
         accepted_reply: Reply = QUEUED,
         clock: Callable[[], float] = time.perf_counter,
+        sender_policy: SenderPolicy | None = None,
+        observer: MessageObserver | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> None:
+        self._observer = observer
         self._sender = sender
+        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(sender)
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
         self._clock = clock
+        self._sender_policy = sender_policy
 
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
@@ -88,11 +100,17 @@ class RelayHandler:
         return str(OK_RECIPIENT)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """Deliver the message; the request id ties its log lines together."""
+        with structlog.contextvars.bound_contextvars(request_id=request_id(server)):
+            return await self._deliver(server, envelope)
+
+    async def _deliver(self, server: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
         record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
+            translated = self._vet_sender(translated, server)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
                 len(translated.payloads),
@@ -100,7 +118,9 @@ class RelayHandler:
             envelope.content = envelope.original_content = None  # free it early
             del raw
             record.add(attachments=translated.attachment_count, requests=len(keys))
-            reply = self._reply_for_deliveries(await self._send_all(translated, keys, record))
+            record.add(idempotency_keys=keys)
+            deliveries = await self._send_all(translated, keys, envelope, record)
+            reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
             reply = reply_for(exc)
             record.add(error=type(exc).__name__, error_detail=exc.detail)
@@ -110,6 +130,8 @@ class RelayHandler:
             record.add(error="InternalError")
         server.transactions = getattr(server, "transactions", 0) + 1
         self._log_message(record, reply, started)
+        if self._observer is not None:
+            self._observer.message_done(reply)
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -117,24 +139,38 @@ class RelayHandler:
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 
+    def _vet_sender(self, translated: Translated, server: Any) -> Translated:
+        """Apply the sender policy (``relay.policy``): From rewritten, or SenderRefused."""
+        if self._sender_policy is None:
+            return translated
+        client = getattr(server, "client", None)
+        user = getattr(client, "user", None)
+        domains = user.sender_domains if user is not None else None
+        payloads = self._sender_policy.vet(translated.payloads, domains)
+        return with_payloads(translated, payloads)
+
     async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
         if len(raw) > OFFLOAD_SIZE:
             return await asyncio.to_thread(translate, raw, mail_from, rcpt_tos)
         return translate(raw, mail_from, rcpt_tos)
 
     async def _send_all(
-        self, translated: Translated, keys: Sequence[str], record: _Record
+        self, translated: Translated, keys: Sequence[str], envelope: Any, record: _Record
     ) -> list[Delivery]:
-        """Send each request in turn; consumes ``translated.payloads``.
+        """Serialise every request, then send them through the dispatcher.
 
-        Each payload is dropped as soon as it is serialised, so a large attachment's base64
-        is in memory once (in the body) while it is sent, not twice.
+        Each payload is dropped as soon as it is serialised (``translated.payloads`` is
+        consumed), so a large attachment's base64 is in memory once (in the body) while it
+        is sent, not twice.
         """
-        deliveries = []
-        for key in keys:
-            body = serialise(translated.payloads.pop(0))
-            deliveries.append(await self._sender.send(body, key))
+        bodies = []
+        while translated.payloads:
+            bodies.append(serialise(translated.payloads.pop(0)))
+        deliveries = await self._dispatcher.send_all(
+            bodies, keys, envelope.mail_from, envelope.rcpt_tos
+        )
         record.add(
+            spooled=[d.spool_id for d in deliveries if d.spooled],
             upstream_status=deliveries[-1].status,
             message_ids=[i for d in deliveries for i in d.message_ids],
             replayed=any(d.replayed for d in deliveries),
@@ -149,6 +185,9 @@ class RelayHandler:
             return PARTIALLY_QUEUED.with_detail(
                 f"{len(failures)} recipient(s) refused: {failures[0][0]} ({failures[0][1]})"
             )
+        spooled = [str(d.spool_id) for d in deliveries if d.spooled]
+        if spooled:
+            return QUEUED_FOR_DELIVERY.with_detail(f"spool id {', '.join(spooled)}")
         if not ids:
             return self._accepted_reply
         more = f" (+{len(ids) - 1} more)" if len(ids) > 1 else ""
@@ -170,6 +209,11 @@ def _orjson_dumps() -> Callable[[Any], bytes] | None:
 
 
 _ORJSON_DUMPS = _orjson_dumps()
+
+
+def request_id(server: Any) -> str:
+    """``<session_id>.<n>`` for the session's n-th transaction: ties its log lines together."""
+    return f"{getattr(server, 'session_id', '-')}.{getattr(server, 'transactions', 0) + 1}"
 
 
 def serialise(payload: dict[str, Any]) -> bytes:

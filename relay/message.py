@@ -22,11 +22,12 @@ Bodies
     The first text/plain, text/html and text/x-amp-html leaves that are not attachments
     (no ``Content-Disposition: attachment``, no file name) are ``text_content``,
     ``html_content`` and ``amp_content``, wherever they sit in the multipart tree. Text is
-    decoded with the declared charset, else UTF-8, else Latin-1, and line ends become
-    ``\\n``. Empty bodies are omitted; when the message has no non-empty text or HTML
-    body (only attachments, an empty body) ``text_content`` is ``"\\n"`` (an empty line),
-    since the API refuses a request with neither. A multipart part whose boundary is
-    missing is read as text/plain, so its content is not lost.
+    decoded with the declared charset (escape and IDNA codecs refused), else UTF-8, else
+    Latin-1, and line ends become ``\\n``; raw 8-bit header bytes are read the same way.
+    Empty bodies are omitted; when the message has no non-empty text or HTML body
+    (only attachments, an empty body) ``text_content`` is ``"\\n"`` (an empty line), since
+    the API refuses a request with neither. A multipart part whose boundary is missing is
+    read as text/plain, so its content is not lost.
 
 Attachments
     Every other leaf, including further text parts and attached messages (``message/*``,

@@ -20,6 +20,7 @@ later (4xx) or give up (5xx)::
           ├── MessageTooLarge              over the size limit / 413          552 5.3.4
           ├── UpstreamRejected             400 / 422: the API refused it      554 5.6.0
           ├── UpstreamForbidden            403                                550 5.7.1
+          ├── SenderRefused                From domain not allowed (policy)   550 5.7.1
           └── NothingQueued                202 but every recipient failed     554 5.0.0
 
 The table (`REPLY_FOR`) is the only place where an error class meets a reply code; reply
@@ -43,6 +44,7 @@ __all__ = [
     "RelayError",
     "RelayMisconfigured",
     "Reply",
+    "SenderRefused",
     "ShuttingDown",
     "TransientError",
     "UpstreamBusy",
@@ -99,11 +101,29 @@ OK_SENDER: Final = Reply(250, "2.1.0", "Sender OK")
 OK_RECIPIENT: Final = Reply(250, "2.1.5", "Recipient OK")
 QUEUED: Final = Reply(250, "2.0.0", "Queued")
 PARTIALLY_QUEUED: Final = Reply(250, "2.0.0", "Partially queued")
+QUEUED_FOR_DELIVERY: Final = Reply(250, "2.0.0", "Queued for delivery")
 DRY_RUN_ACCEPTED: Final = Reply(250, "2.0.0", "Accepted (dry run, not sent)")
 TOO_MANY_RECIPIENTS: Final = Reply(452, "4.5.3", "Too many recipients in this transaction")
 TOO_LARGE: Final = Reply(552, "5.3.4", "Message too big for system")
 SERVICE_NOT_AVAILABLE: Final = Reply(421, "4.3.2", "Service shutting down, try again later")
 LOCAL_ERROR: Final = Reply(451, "4.3.0", "Local error in processing, try again later")
+
+# -- replies of the security layer (relay.guard, relay.policy) ---------------------
+AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
+AUTH_INVALID: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
+AUTH_REQUIRED: Final = Reply(530, "5.7.0", "Authentication required")
+AUTH_NEEDS_TLS: Final = Reply(
+    538, "5.7.11", "Encryption required for requested authentication mechanism"
+)
+AUTH_NOT_ENABLED: Final = Reply(503, "5.5.1", "Authentication not enabled")
+AUTH_TOO_MANY_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts")
+CLIENT_NOT_ALLOWED: Final = Reply(554, "5.7.1", "Access denied: client not allowed")
+SENDER_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Sender address not allowed")
+TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try again later")
+PEER_RATE_EXCEEDED: Final = Reply(
+    421, "4.7.0", "Too many connections from your address, try again later"
+)
+TIMEOUT: Final = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 
 # -- the single outcome table ----------------------------------------------------------
 
@@ -184,6 +204,10 @@ class UpstreamForbidden(PermanentError):
     """AhaSend answered 403: the key may not send for this sender."""
 
 
+class SenderRefused(PermanentError):
+    """The From header names a domain this relay (or this AUTH user) may not send as."""
+
+
 class NothingQueued(PermanentError):
     """AhaSend answered 202 but reported an error for every recipient."""
 
@@ -205,6 +229,7 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     UpstreamRejected: Reply(554, "5.6.0", "Rejected by AhaSend"),
     UpstreamForbidden: Reply(550, "5.7.1", "Sending not permitted by AhaSend"),
     NothingQueued: Reply(554, "5.0.0", "AhaSend queued no recipient"),
+    SenderRefused: Reply(550, "5.7.1", "Sender address not allowed"),
     PermanentError: Reply(554, "5.0.0", "Message rejected"),
 }
 

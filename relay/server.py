@@ -2,35 +2,62 @@
 
 ``RelayServer`` owns the listening socket, the live SMTP sessions and the ``Sender``.
 ``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
-the serve and restores them afterwards.
+the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and the
+AUTH users (``RelayServer.reload``) without closing the listeners.
 
-Shutdown order: stop accepting connections, give sessions in flight up to
-``RELAY_SHUTDOWN_TIMEOUT`` seconds to finish, close the rest, then close the sender.
+With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
+sessions are the same ``GuardedSMTP`` as on the plain port (``relay.guard``).
+
+Delivery stack: the handler sends through ``RetryingSender`` (retries within the
+transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
+``RELAY_SPOOL_DIR`` set, transient failures are spooled and a ``SpoolWorker`` task
+delivers them through the same ``PacedSender``.
+
+Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the listener
+stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
+transactions get 421 and are closed; a transaction in flight finishes (without further
+in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
+then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
+stops after its delivery round in progress (a safe point; it is cancelled if it
+overruns the grace period, which is safe too: a spooled row only changes after the API
+answered). Then the listener, the sender and the spool are closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from typing import Any, cast
+
+import httpx
 
 from relay import __version__
 from relay.api import MAX_CONNECTIONS, AhaSendClient
-from relay.config import Settings
+from relay.bounce import Bouncer
+from relay.config import ConfigError, Settings
 from relay.delivery import DryRunSender, Sender
+from relay.dispatch import Dispatcher, SpoolPolicy
+from relay.guard import Guard, GuardedSMTP
 from relay.handler import RelayHandler
+from relay.health import readiness
+from relay.http_admin import AdminServer, Readiness
 from relay.log import get_logger
-from relay.replies import DRY_RUN_ACCEPTED, QUEUED
-from relay.smtp import RelaySMTP
+from relay.metrics import MeteredTransport, RelayMetrics
+from relay.pacing import PacedSender, TokenBucket
+from relay.replies import DRY_RUN_ACCEPTED, QUEUED, SERVICE_NOT_AVAILABLE
+from relay.retry import RetryingSender
+from relay.spool import Spool
+from relay.systemd import Notifier
 from relay.transport import build_transport
+from relay.worker import SpoolWorker, WorkerPolicy
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
 log = get_logger("relay.server")
 
 
-def build_sender(settings: Settings) -> Sender:
-    """The Sender the settings ask for: dry-run, or the AhaSend client."""
+def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:
+    """The Sender the settings ask for: dry-run, or the AhaSend client (metered if asked)."""
     if settings.relay_dry_run:
         return DryRunSender()
     assert settings.ahasend_api_key is not None  # guaranteed by Settings' validator
@@ -39,23 +66,55 @@ def build_sender(settings: Settings) -> Sender:
         api_key=settings.ahasend_api_key.get_secret_value(),
         account_id=str(settings.ahasend_account_id),
         timeout=settings.ahasend_api_timeout,
-        transport=build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
+        transport=_metered_transport(metrics, settings.ahasend_api_transport)
+        if metrics is not None
+        else build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
     )
+
+
+def _metered_transport(
+    metrics: RelayMetrics, choice: str, connections: int = MAX_CONNECTIONS
+) -> MeteredTransport:
+    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered."""
+    inner = build_transport(choice, connections)
+    if inner is None:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        inner = httpx.AsyncHTTPTransport(limits=limits)
+    return MeteredTransport(metrics, inner)
 
 
 class RelayServer:
     """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
 
-    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
+    def __init__(
+        self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
+    ) -> None:
         self.settings = settings
-        self.sender = sender if sender is not None else build_sender(settings)
+        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.guard = Guard.from_settings(settings)
+        self.guard.on_auth_failure = self.metrics.auth_failures.inc
+        self.sender = sender if sender is not None else build_sender(settings, self.metrics)
+        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
+        paced = _paced(self.sender, settings)
+        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
         self.handler = RelayHandler(
-            self.sender,
+            front,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
+            sender_policy=self.guard.senders,
+            observer=self.metrics,
+            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
         )
+        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
-        self._sessions: set[RelaySMTP] = set()
+        self._smtps_server: asyncio.Server | None = None
+        self._sessions: set[_TrackedSMTP] = set()
+        self._draining = False
+        self.metrics.sessions_open.func = lambda: len(self._sessions)
+        self.admin = _admin_server(settings, self.metrics, self.readiness)
+        if self.spool is not None:
+            _report_spool(self.metrics, self.spool)
 
     @property
     def port(self) -> int:
@@ -64,28 +123,110 @@ class RelayServer:
         port: int = self._server.sockets[0].getsockname()[1]
         return port
 
+    @property
+    def smtps_port(self) -> int | None:
+        """The bound implicit-TLS port, or None without ``RELAY_SMTPS_PORT``."""
+        if self._smtps_server is None:
+            return None
+        port: int = self._smtps_server.sockets[0].getsockname()[1]
+        return port
+
     async def start(self) -> None:
-        """Bind the listener; returns once connections are accepted."""
+        """Bind the listener(s); returns once connections are accepted."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
         )
+        if self.settings.relay_smtps_port is not None:
+            try:
+                self._smtps_server = await self._start_smtps(loop)
+            except OSError:
+                self._server.close()
+                raise
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+        if self.admin is not None:
+            try:
+                await self.admin.start()
+            except OSError:
+                for server in (self._server, self._smtps_server):
+                    if server is not None:
+                        server.close()
+                await self.sender.aclose()
+                raise
+        if self.worker is not None:
+            self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
+
+    @property
+    def listening(self) -> bool:
+        """True while the SMTP listener accepts connections."""
+        return self._server is not None and self._server.is_serving()
+
+    def readiness(self) -> tuple[bool, str]:
+        """(ready, reason), as ``/readyz`` reports it."""
+        return readiness(self.listening, self.settings.relay_dry_run, self.metrics)
+
+    async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
+        server = await loop.create_server(
+            lambda: self._new_session(implicit_tls=True),
+            host=self.settings.relay_host, port=self.settings.relay_smtps_port,
+            ssl=self.guard.tls_context, ssl_handshake_timeout=_handshake_timeout(self.settings),
+        )  # fmt: skip
+        port = server.sockets[0].getsockname()[1]
+        log.info("listening_smtps", host=self.settings.relay_host, port=port)
+        return server
 
     async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, let sessions finish within ``grace`` seconds, close the rest."""
+        """Refuse new work, let transactions finish within ``grace`` seconds, then close.
+
+        See the module docstring for the order. Returns when everything is closed.
+        """
         grace = self.settings.relay_shutdown_timeout if grace is None else grace
-        if self._server is not None:
-            self._server.close()
+        loop = asyncio.get_running_loop()
+        ends = loop.time() + grace
+        self._draining = True
+        self._front.stop_retrying()
+        if self.worker is not None:
+            self.worker.stop()  # it ends after its round in progress
+        for session in list(self._sessions):
+            session.drain()
         abandoned = await _finish_sessions(self._sessions, grace)
+        for server in (self._server, self._smtps_server):
+            if server is not None:
+                server.close()
+        await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
+        if self.admin is not None:
+            await self.admin.stop()
+        if self.spool is not None:
+            self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
-    def _new_session(self) -> RelaySMTP:
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
+        try:
+            self.guard.reload()
+        except ConfigError as exc:
+            log.error("reload_failed", error=str(exc))
+
+    async def _stop_worker(self, grace: float) -> None:
+        """Wait for the worker to end its round in progress; cancel it past ``grace``."""
+        if self._worker_task is None:
+            return
+        done, _ = await asyncio.wait([self._worker_task], timeout=grace)
+        if not done:
+            log.warning("worker_cancelled", grace_s=round(grace, 1))
+            self._worker_task.cancel()
+        await asyncio.gather(self._worker_task, return_exceptions=True)
+
+    def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
+        if self._draining:
+            return _Refuser()
         session = _TrackedSMTP(
             self.handler,
             self._sessions,
+            guard=self.guard,
+            implicit_tls=implicit_tls,
             hostname=self.settings.relay_hostname,
             ident=f"ahasend-relay {__version__} ESMTP",
             data_size_limit=self.settings.relay_max_message_size,
@@ -98,7 +239,70 @@ class RelayServer:
         return session
 
 
-async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
+def _admin_server(
+    settings: Settings, metrics: RelayMetrics, ready: Readiness
+) -> AdminServer | None:
+    """The /metrics, /healthz, /readyz server when RELAY_METRICS_PORT is set."""
+    if settings.relay_metrics_port is None:
+        return None
+    return AdminServer(
+        settings.relay_metrics_host, settings.relay_metrics_port,
+        render=metrics.render, ready=ready,
+    )  # fmt: skip
+
+
+def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
+    """Spool depth, oldest age and health, read from the spool at scrape time."""
+
+    def healthy() -> bool:
+        try:
+            spool.stats()
+        except Exception:  # a spool that cannot answer a query cannot take mail either
+            return False
+        return True
+
+    metrics.register_spool(
+        depth=lambda: spool.stats().queued,
+        oldest_age=lambda: spool.stats().oldest_age,
+        healthy=healthy,
+    )
+
+
+def _paced(sender: Sender, settings: Settings) -> PacedSender:
+    bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
+    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
+
+
+def _spool_policy(settings: Settings) -> SpoolPolicy:
+    return SpoolPolicy(
+        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
+    )
+
+
+def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
+    policy = WorkerPolicy(
+        retry_min=settings.relay_spool_retry_min,
+        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
+        max_age=settings.relay_spool_max_age,
+        poll_interval=min(1.0, settings.relay_spool_retry_min),
+    )
+    bouncer = None
+    if settings.relay_bounce_notices and settings.relay_bounce_from:
+        bouncer = Bouncer(sender, settings.relay_bounce_from)
+    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+
+
+class _Refuser(asyncio.Protocol):
+    """A connection that arrives while the relay shuts down: ``421 4.3.2``, then close."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # No isinstance check: uvloop's transports are not asyncio.WriteTransport subclasses.
+        writer = cast(asyncio.WriteTransport, transport)
+        writer.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+        writer.close()
+
+
+async def _finish_sessions(sessions: set[_TrackedSMTP], grace: float) -> int:
     """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
     tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
     if not tasks:
@@ -110,12 +314,44 @@ async def _finish_sessions(sessions: set[RelaySMTP], grace: float) -> int:
     return len(pending)
 
 
-class _TrackedSMTP(RelaySMTP):
-    """A session that leaves its server's registry when its connection closes."""
+def _handshake_timeout(settings: Settings) -> float:
+    """Seconds an SMTPS client gets to finish its TLS handshake."""
+    return min(settings.relay_smtp_timeout, 30.0)
 
-    def __init__(self, handler: Any, registry: set[RelaySMTP], **kwargs: Any) -> None:
+
+class _TrackedSMTP(GuardedSMTP):
+    """A session that leaves its server's registry when its connection closes.
+
+    ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
+    right after the transaction in progress ends (DATA answered, or RSET).
+    """
+
+    def __init__(self, handler: Any, registry: set[_TrackedSMTP], **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._registry = registry
+        self._draining = False
+
+    def drain(self) -> None:
+        self._draining = True
+        if self.envelope is None or self.envelope.mail_from is None:
+            self._refuse()
+
+    async def smtp_DATA(self, arg: str) -> None:
+        await super().smtp_DATA(arg)
+        if self._draining:
+            self._refuse()
+
+    async def smtp_RSET(self, arg: str) -> None:
+        await super().smtp_RSET(arg)
+        if self._draining:
+            self._refuse()
+
+    def _refuse(self) -> None:
+        """Send ``421 4.3.2`` and close (the write is flushed before the close)."""
+        transport = cast(asyncio.WriteTransport | None, self.transport)  # uvloop's too
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
+            transport.close()
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
@@ -127,7 +363,16 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     server = RelayServer(settings)
-    await server.start()
+    notifier = Notifier.from_values(
+        settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
+    )
+    loop.add_signal_handler(signal.SIGHUP, server.reload)  # from "listening" on, no race
+    try:
+        await server.start()
+    except BaseException:
+        loop.remove_signal_handler(signal.SIGHUP)
+        raise
+    notifier.ready(f"listening on {settings.relay_host}:{server.port}", lambda: server.listening)
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
@@ -136,6 +381,7 @@ async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutting_down")
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        await notifier.stopping()
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await server.stop()

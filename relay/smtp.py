@@ -9,6 +9,8 @@
   octets, and aiosmtpd's default would answer ``500 Line too long`` and lose the mail.
 - DATA is read in chunks (``relay.dataread``), not line by line: same replies, a fraction
   of aiosmtpd's CPU and peak memory for large messages.
+- MAIL/RCPT parameters (``BODY=8BITMIME``, ``SIZE=``) are accepted after HELO too, as
+  Postfix does: some clients greet with HELO and still send them.
 """
 
 from __future__ import annotations
@@ -97,6 +99,24 @@ class RelaySMTP(SMTP):
             await self.push("501 Syntax: DATA")
             return False
         return True
+
+    async def smtp_MAIL(self, arg: str) -> None:
+        await self._as_extended(super().smtp_MAIL(arg))
+
+    async def smtp_RCPT(self, arg: str) -> None:
+        await self._as_extended(super().smtp_RCPT(arg))
+
+    async def _as_extended(self, command: Any) -> None:
+        """Run ``command`` as in an EHLO session, so a HELO client may use ESMTP parameters."""
+        session = self.session
+        if session is None or session.extended_smtp or not session.host_name:
+            await command
+            return
+        session.extended_smtp = True
+        try:
+            await command
+        finally:
+            session.extended_smtp = False
 
     async def _unmarked(self, command: Any) -> None:
         """Run ``command`` with its replies sent as written (no enhanced code added)."""

@@ -60,6 +60,9 @@ def settings_for(standin: Any | None = None, **overrides: Any) -> Settings:
         "relay_port": 0,
         "relay_hostname": "relay.test",
         "relay_shutdown_timeout": 2.0,
+        # One attempt per request unless a test asks for in-transaction retries, so that
+        # a scripted failure shows up as its own reply.
+        "relay_retry_deadline": 0.0,
     }
     if standin is None:
         values["relay_dry_run"] = True

@@ -135,7 +135,7 @@ async def test_partial_202_reports_failures() -> None:
 async def test_202_with_nothing_queued_is_permanent() -> None:
     body = {"object": "list", "data": [item("error", "b@x.test", "suppressed")]}
     client = client_for(answer(202, body))
-    with pytest.raises(r.NothingQueued, match="b@x.test: suppressed"):
+    with pytest.raises(r.NothingQueued, match=r"b@x\.test: suppressed"):
         await client.send(b"{}", "k")
     await client.aclose()
 

@@ -6,6 +6,7 @@ smtplib → relay → HTTP → stand-in (which validates each request against th
 
 from __future__ import annotations
 
+import email.policy
 import io
 import json
 import shutil
@@ -23,6 +24,7 @@ from tests.harness import RunningRelay, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
+SMTP_POLICY = email.policy.default.clone(linesep="\r\n")  # what real clients put on the wire
 
 
 @pytest.fixture
@@ -49,7 +51,7 @@ def send(
     sender: str = "app@example.com",
 ) -> tuple[int, str]:
     """Send one transaction; return the DATA reply (code, text) or the first refusal."""
-    raw = msg if isinstance(msg, bytes) else msg.as_bytes()
+    raw = msg if isinstance(msg, bytes) else msg.as_bytes(policy=SMTP_POLICY)
     with smtplib.SMTP("127.0.0.1", relay.port, timeout=20) as client:
         client.ehlo("client.test")
         code, text = client.mail(sender)

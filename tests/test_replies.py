@@ -39,7 +39,8 @@ def test_transient_and_permanent_split_by_code_class() -> None:
 def test_permanent_details_are_shown_sanitized() -> None:
     reply = r.reply_for(r.UpstreamRejected("400 bad\r\nRCPT TO:<x@evil> \u00e9" + "z" * 500))
     text = str(reply)
-    assert "\r" not in text and "\n" not in text
+    assert "\r" not in text
+    assert "\n" not in text
     assert text.isascii()
     assert text.startswith("554 5.6.0 Rejected by AhaSend: 400 bad RCPT TO:<x@evil>")
     assert len(text) < 260

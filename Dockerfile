@@ -1,0 +1,43 @@
+# syntax=docker/dockerfile:1
+# ahasend-relay container image. Configuration comes only from the environment
+# (see config.example.env); the spool and other state live on the /var/lib/ahasend-relay
+# volume. Build: docker build -t ahasend-relay .
+
+# --- build stage: install the relay and its dependencies into a virtualenv ------------
+FROM python:3.12-slim AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY relay ./relay
+RUN python -m venv /opt/ahasend-relay \
+ && /opt/ahasend-relay/bin/pip install .
+
+# --- runtime stage: the virtualenv only, run by an unprivileged user -------------------
+FROM python:3.12-slim
+LABEL org.opencontainers.image.title="ahasend-relay" \
+      org.opencontainers.image.description="SMTP relay that forwards mail to AhaSend's HTTP API v2"
+RUN useradd --system --uid 10001 --user-group --no-create-home \
+      --home-dir /var/lib/ahasend-relay --shell /usr/sbin/nologin relay \
+ && install -d -o relay -g relay -m 0700 /var/lib/ahasend-relay
+COPY --from=build /opt/ahasend-relay /opt/ahasend-relay
+# Inside a container, "all interfaces" means the container's own network namespace:
+# the app next to it (same pod or compose network) and the metrics scraper reach it.
+ENV PATH=/opt/ahasend-relay/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    RELAY_HOST=0.0.0.0 \
+    RELAY_PORT=2525 \
+    RELAY_METRICS_HOST=0.0.0.0 \
+    RELAY_METRICS_PORT=9125 \
+    RELAY_LOG_FORMAT=json
+WORKDIR /var/lib/ahasend-relay
+VOLUME ["/var/lib/ahasend-relay"]
+USER relay:relay
+EXPOSE 2525 9125
+# The relay is PID 1 here: it installs its own SIGTERM/SIGINT handlers (the kernel
+# drops unhandled signals to PID 1), finishes sessions in flight, and exits 0.
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 \
+  CMD ["ahasend-relay", "healthcheck"]
+ENTRYPOINT ["ahasend-relay"]
+CMD ["serve"]

@@ -1,0 +1,52 @@
+"""Test doubles for unit tests of one module: a fake clock and a scripted Sender."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from relay.delivery import Delivery
+from relay.replies import RelayError
+
+
+class FakeTime:
+    """A clock that only moves when something sleeps on it."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class ScriptedSender:
+    """Answers each send with the next scripted outcome (a Delivery or an error to raise).
+
+    When the script runs out the last outcome repeats. Records every (body, key) call.
+    """
+
+    def __init__(self, outcomes: Iterable[Delivery | RelayError]) -> None:
+        self.outcomes = list(outcomes)
+        self.calls: list[tuple[bytes, str]] = []
+        self.closed = False
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        self.calls.append((body, idempotency_key))
+        outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
+        if isinstance(outcome, RelayError):
+            raise outcome
+        return outcome
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+    @property
+    def keys(self) -> list[str]:
+        return [key for _, key in self.calls]
+
+
+ACCEPTED = Delivery(status=202, message_ids=("msg-1",))

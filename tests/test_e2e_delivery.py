@@ -1,0 +1,325 @@
+"""End to end: retries, the spool and bounces with a real relay, stand-in and smtplib.
+
+Fault injection happens in the stand-in API (scripted statuses, Retry-After, hang, reset,
+slow answers, or the whole API down); the relay is driven as an application would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.api import AhaSendClient
+from relay.spool import Spool
+from relay.worker import SpoolWorker, WorkerPolicy
+from tests.harness import RunningRelay, running_relay, settings_for
+from tests.standin import Scripted, StandIn
+
+pytestmark = pytest.mark.e2e
+
+QUEUED_FOR_DELIVERY = "2.0.0 Queued for delivery"
+
+
+class PortStandIn(StandIn):
+    """A stand-in that binds a chosen port, so it can go down and come back at one URL."""
+
+    def __init__(self, port: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._fixed_port = port
+
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, "127.0.0.1", self._fixed_port)
+
+
+def message(
+    subject: str = "Hello", message_id: str | None = None, to: str = "ann@example.net"
+) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "App <app@example.com>"
+    msg["To"] = to
+    msg["Subject"] = subject
+    if message_id:
+        msg["Message-ID"] = message_id
+    msg.set_content(f"Body of {subject}.\n")
+    return msg
+
+
+def send(
+    relay: RunningRelay, msg: EmailMessage, sender: str = "app@example.com",
+    rcpts: tuple[str, ...] = ("ann@example.net",),
+) -> tuple[int, str]:  # fmt: skip
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=30) as client:
+        client.ehlo("client.test")
+        assert client.mail(sender)[0] == 250
+        for rcpt in rcpts:
+            assert client.rcpt(rcpt)[0] == 250
+        code, text = client.data(msg.as_bytes())
+        return code, text.decode()
+
+
+def wait_until(condition: Any, timeout: float = 10.0) -> None:
+    ends = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > ends:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def retrying_relay(standin: StandIn) -> Iterator[RunningRelay]:
+    settings = settings_for(standin, ahasend_api_timeout=0.5, relay_retry_deadline=8.0)
+    with running_relay(settings) as relay:
+        yield relay
+
+
+IN_PROGRESS = {"Idempotent-Replayed": "false", "Retry-After": "1"}
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        pytest.param([Scripted(500), Scripted(503)], id="5xx"),
+        pytest.param([Scripted(429, headers={"Retry-After": "1"})], id="429-retry-after"),
+        pytest.param([Scripted(429), Scripted(429)], id="429-no-retry-after"),
+        pytest.param([Scripted(409, headers=IN_PROGRESS)], id="409-in-progress"),
+        pytest.param([Scripted(0, hang=True)], id="hang-past-timeout"),
+        pytest.param([Scripted(0, reset=True)], id="connection-reset"),
+    ],
+)
+def test_transient_faults_are_retried_with_one_key(
+    retrying_relay: RunningRelay, standin: StandIn, faults: list[Scripted]
+) -> None:
+    standin.script(*faults)
+    code, text = send(retrying_relay, message(message_id="<fault@example.com>"))
+    assert code == 250
+    assert text.startswith("2.0.0 Queued: ")
+    assert len(standin.requests) == len(faults) + 1
+    assert len({r.idempotency_key for r in standin.requests}) == 1
+    assert len(standin.accepted) == 1
+
+
+def test_retry_after_is_waited_for(retrying_relay: RunningRelay, standin: StandIn) -> None:
+    standin.script(Scripted(429, headers={"Retry-After": "1"}))
+    send(retrying_relay, message())
+    first, second = standin.requests
+    assert second.received_at - first.received_at >= 0.9
+
+
+def test_a_slow_answer_is_waited_for_not_retried(
+    retrying_relay: RunningRelay, standin: StandIn
+) -> None:
+    standin.script(Scripted(202, delay=0.3))
+    assert send(retrying_relay, message())[0] == 250
+    assert len(standin.requests) == 1
+
+
+def test_without_spool_a_lasting_outage_is_a_4xx_after_the_deadline(standin: StandIn) -> None:
+    standin.script(*[Scripted(503)] * 50)
+    settings = settings_for(standin, relay_retry_deadline=1.0)
+    with running_relay(settings) as relay:
+        code, text = send(relay, message(message_id="<down@example.com>"))
+    assert (code, text) == (451, "4.3.0 Upstream API error, try again later")
+    assert len(standin.requests) >= 2
+    assert len({r.idempotency_key for r in standin.requests}) == 1
+
+
+def test_permanent_errors_are_not_retried_nor_spooled(standin: StandIn, tmp_path: Path) -> None:
+    standin.script(Scripted(422, {"message": "invalid from"}))
+    settings = settings_for(standin, relay_retry_deadline=5.0, relay_spool_dir=tmp_path)
+    with running_relay(settings) as relay:
+        code, text = send(relay, message())
+    assert (code, text) == (554, "5.6.0 Rejected by AhaSend: 422 invalid from")
+    assert len(standin.requests) == 1
+    spool = Spool(tmp_path)
+    assert spool.entries() == []
+    spool.close()
+
+
+def test_with_spool_a_lasting_outage_is_queued_then_delivered(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    standin.script(*[Scripted(503)] * 3)
+    settings = settings_for(
+        standin, relay_retry_deadline=0, relay_spool_dir=tmp_path, relay_spool_retry_min=0.1
+    )
+    with running_relay(settings) as relay:
+        code, text = send(relay, message("Spooled"))
+        assert (code, text) == (250, f"{QUEUED_FOR_DELIVERY}: spool id 1")
+        wait_until(lambda: len(standin.accepted) == 1)
+    keys = [r.idempotency_key for r in standin.requests]
+    assert len(keys) == 4
+    assert len(set(keys)) == 1
+    assert standin.accepted[0].json["subject"] == "Spooled"
+    spool = Spool(tmp_path)
+    [entry] = spool.entries()
+    spool.close()
+    assert (entry.state, entry.attempts) == ("delivered", 3)
+    assert entry.message_ids == tuple(standin.accepted[0].message_ids)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_outage_every_message_delivered_exactly_once(tmp_path: Path) -> None:
+    port = free_port()
+    api = PortStandIn(port)  # not started yet: the API is down, connections are refused
+    settings = settings_for(
+        None, relay_dry_run=False, ahasend_api_key=api.api_key,
+        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+        relay_retry_deadline=0.5, relay_spool_dir=tmp_path, relay_spool_retry_min=0.2,
+        relay_spool_retry_max=0.5,
+    )  # fmt: skip
+    sent = {f"Outage {i}": f"rcpt{i}@example.net" for i in range(12)}
+    with running_relay(settings) as relay:
+        for subject, rcpt in sent.items():
+            code, text = send(relay, message(subject, to=rcpt), rcpts=(rcpt,))
+            assert code == 250
+            assert text.startswith(QUEUED_FOR_DELIVERY)
+        with api:
+            wait_until(lambda: len(api.accepted) >= len(sent), timeout=15)
+            time.sleep(0.5)  # anything sent twice would show up now
+            accepted = list(api.accepted)
+    assert all(r.problems == [] for r in accepted)
+    assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
+    for r in accepted:
+        subject = r.json["subject"]
+        assert [a["email"] for a in r.json["to"]] == [sent[subject]]
+        assert r.json["text_content"].rstrip() == f"Body of {subject}."
+    assert len({r.idempotency_key for r in accepted}) == len(sent)
+
+
+def test_a_crash_after_the_api_accepted_does_not_send_twice(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    """The worker resends a row whose delivery was never recorded: AhaSend replays."""
+    body = (
+        b'{"from":{"email":"app@example.com"},"to":[{"email":"ann@example.net"}],'
+        b'"subject":"Once","text_content":"x"}'
+    )
+    spool = Spool(tmp_path)
+    entry_id = spool.add(body, "relay-crash-window", mail_from="app@example.com",
+                         rcpt_tos=["ann@example.net"], error="UpstreamTimeout",
+                         first_retry=0, max_age=60)  # fmt: skip
+
+    async def scenario() -> None:
+        client = AhaSendClient(base_url=standin.base_url, api_key=standin.api_key,
+                               account_id=standin.account_id)  # fmt: skip
+        await client.send(body, "relay-crash-window")  # accepted, then "the relay died"
+        worker = SpoolWorker(spool, client, WorkerPolicy())
+        await worker.run_once()
+        await client.aclose()
+
+    asyncio.run(scenario())
+    entry = spool.get(entry_id)
+    spool.close()
+    assert entry is not None
+    assert entry.state == "delivered"
+    assert len(standin.requests) == 2
+    assert len(standin.accepted) == 1
+    assert standin.requests[1].replayed
+
+
+@pytest.mark.parametrize(("envelope_sender", "bounced"), [("app@example.com", True), ("", False)])
+def test_a_permanent_rejection_of_a_spooled_message_bounces(
+    standin: StandIn, tmp_path: Path, envelope_sender: str, bounced: bool
+) -> None:
+    standin.script(Scripted(503), Scripted(422, {"message": "recipient domain blocked"}))
+    settings = settings_for(
+        standin, relay_retry_deadline=0, relay_spool_dir=tmp_path, relay_spool_retry_min=0.1,
+        relay_bounce_notices=True, relay_bounce_from="postmaster@example.com",
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        code, _ = send(relay, message("Doomed"), sender=envelope_sender)
+        assert code == 250
+        spool = Spool(tmp_path)
+        wait_until(lambda: spool.stats().dead == 1)
+        if bounced:
+            wait_until(lambda: len(standin.requests) == 3)
+        else:
+            time.sleep(0.3)
+    [entry] = spool.entries()
+    spool.close()
+    assert entry.last_error == "422 recipient domain blocked"
+    assert entry.bounced is bounced
+    if not bounced:
+        assert len(standin.requests) == 2
+        return
+    notice = standin.requests[2]
+    assert notice.problems == []
+    assert notice.accepted
+    assert notice.json["to"] == [{"email": "app@example.com"}]
+    assert notice.json["from"]["email"] == "postmaster@example.com"
+    assert "Doomed" in notice.json["subject"]
+    assert "422 recipient domain blocked" in notice.json["text_content"]
+
+
+def test_shutdown_spools_a_transaction_that_is_still_retrying(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    standin.script(*[Scripted(503)] * 100)
+    settings = settings_for(standin, relay_retry_deadline=60.0, relay_spool_dir=tmp_path)
+    relay = RunningRelay(settings).start()
+    client = smtplib.SMTP("127.0.0.1", relay.port, timeout=30)
+    client.ehlo("client.test")
+    client.mail("app@example.com")
+    client.rcpt("ann@example.net")
+    replies: list[tuple[int, bytes]] = []
+    data = threading.Thread(target=lambda: replies.append(client.data(message().as_bytes())))
+    data.start()
+    try:
+        standin.wait_for(1)
+    finally:
+        relay.stop(timeout=10)
+    data.join(10)
+    assert replies == [(250, f"{QUEUED_FOR_DELIVERY}: spool id 1".encode())]
+    assert client.noop()[0] == 421  # then the session was closed
+    client.close()
+    spool = Spool(tmp_path)
+    [entry] = spool.entries()
+    spool.close()
+    assert entry.state == "queued"
+
+
+def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    standin.script(Scripted(503))
+    settings = settings_for(standin, relay_retry_deadline=0, relay_spool_dir=tmp_path)
+    with running_relay(settings) as relay:
+        assert relay.server is not None
+        assert relay.server.spool is not None
+        relay.server.spool.close()  # e.g. the disk is gone
+        code, text = send(relay, message())
+    assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
+
+
+def test_pacing_spools_what_it_cannot_send_within_the_deadline(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    settings = settings_for(
+        standin, relay_api_rate=0.5, relay_api_burst=1, relay_retry_deadline=0.3,
+        relay_spool_dir=tmp_path, relay_spool_retry_min=0.1,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        first = send(relay, message("First"))
+        second = send(relay, message("Second"))  # the next slot is ~2 s away
+        assert first[0] == second[0] == 250
+        assert first[1].startswith("2.0.0 Queued: ")
+        assert second[1] == f"{QUEUED_FOR_DELIVERY}: spool id 1"
+        wait_until(lambda: len(standin.accepted) == 2)
+    assert [r.json["subject"] for r in standin.requests] == ["First", "Second"]
+    assert [r.response_status for r in standin.requests] == [202, 202]

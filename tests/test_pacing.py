@@ -1,0 +1,78 @@
+"""TokenBucket and PacedSender: rate, burst, reservations in order, the concurrency cap."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from relay.delivery import Delivery
+from relay.pacing import PacedSender, TokenBucket
+from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
+
+
+def test_burst_is_free_then_slots_are_spaced_at_the_rate() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(rate=10, burst=3, clock=time.clock)
+    waits = [bucket.reserve() for _ in range(6)]
+    assert waits[:3] == [0.0, 0.0, 0.0]
+    assert waits[3:] == pytest.approx([0.1, 0.2, 0.3])
+
+
+def test_tokens_refill_with_time_up_to_the_burst() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(rate=10, burst=2, clock=time.clock)
+    bucket.reserve(), bucket.reserve()
+    time.now += 0.1
+    assert bucket.reserve() == pytest.approx(0.0, abs=1e-9)
+    assert bucket.reserve() == pytest.approx(0.1)
+    time.now += 100
+    assert [bucket.reserve() for _ in range(2)] == [0.0, 0.0]
+    assert bucket.reserve() > 0
+
+
+def test_a_cancelled_reservation_gives_its_token_back() -> None:
+    time = FakeTime()
+    bucket = TokenBucket(rate=1, burst=1, clock=time.clock)
+    bucket.reserve()
+    assert bucket.reserve() == pytest.approx(1.0)
+    bucket.cancel()
+    assert bucket.reserve() == pytest.approx(1.0)
+
+
+def test_invalid_bucket() -> None:
+    with pytest.raises(ValueError, match="rate"):
+        TokenBucket(rate=0, burst=1)
+
+
+async def test_paced_sender_waits_for_its_slot() -> None:
+    time = FakeTime()
+    inner = ScriptedSender([ACCEPTED])
+    bucket = TokenBucket(rate=100, burst=2, clock=time.clock)
+    paced = PacedSender(inner, bucket, max_concurrency=10, sleep=time.sleep)
+    for i in range(4):
+        await paced.send(b"{}", f"k{i}")
+    assert inner.keys == ["k0", "k1", "k2", "k3"]
+    assert time.sleeps == pytest.approx([0.01, 0.01])
+
+
+async def test_concurrent_calls_are_capped() -> None:
+    release = asyncio.Event()
+    active = peak = 0
+
+    class Slow(ScriptedSender):
+        async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            await release.wait()
+            active -= 1
+            return ACCEPTED
+
+    paced = PacedSender(Slow([ACCEPTED]), TokenBucket(1000, 1000), max_concurrency=3)
+    tasks = [asyncio.create_task(paced.send(b"{}", str(i))) for i in range(10)]
+    await asyncio.sleep(0.01)
+    assert peak == 3
+    release.set()
+    assert len(await asyncio.gather(*tasks)) == 10
+    assert peak == 3

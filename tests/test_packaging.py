@@ -1,0 +1,177 @@
+"""The systemd unit (verified by systemd-analyze), the Dockerfile's properties, the examples."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.dockerfile import healthcheck_command, parse
+from tests.paths import REPO
+
+UNIT = REPO / "systemd" / "ahasend-relay.service"
+EXAMPLES = REPO / "examples"
+
+
+def unit_settings(text: str) -> dict[str, list[str]]:
+    """Every ``Key=value`` of a unit file, values of repeated keys in order."""
+    found: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, _, value = line.partition("=")
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def systemd_analyze() -> str:
+    tool = shutil.which("systemd-analyze")
+    assert tool, "systemd-analyze is missing: .ci/run installs the systemd package"
+    return tool
+
+
+def verify_in_root(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess[str]:
+    """``systemd-analyze verify`` of ``unit_text`` in a root holding systemd's own units
+    and an executable where ExecStart= points (the relay is not installed here)."""
+    root = tmp_path / "root"
+    system_units = next(p for p in (Path("/usr/lib/systemd/system"), Path("/lib/systemd/system"))
+                        if p.is_dir())  # fmt: skip
+    shutil.copytree(system_units, root / "usr/lib/systemd/system", symlinks=True)
+    [exec_start] = unit_settings(unit_text)["ExecStart"]
+    binary = root / exec_start.split()[0].lstrip("/")
+    binary.parent.mkdir(parents=True)
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (root / "etc/systemd/system" / UNIT.name).write_text(unit_text)
+    return subprocess.run(
+        [systemd_analyze(), "verify", f"--root={root}", UNIT.name],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    result = verify_in_root(tmp_path, UNIT.read_text())
+    assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_verify_would_catch_a_broken_unit(tmp_path: Path) -> None:
+    broken = UNIT.read_text().replace("ProtectHome=yes", "ProtectHome=perhaps")
+    broken = broken.replace("Restart=on-failure", "Restart=on-failure\nRestartt=always")
+    result = verify_in_root(tmp_path, broken)
+    assert "perhaps" in result.stderr
+    assert "Restartt" in result.stderr
+
+
+def test_unit_exposure_is_low() -> None:
+    """systemd's own sandboxing score; --threshold is the exposure level times ten."""
+    result = subprocess.run(
+        [systemd_analyze(), "security", "--offline=yes", "--threshold=20", str(UNIT)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"Overall exposure level for .*: [01]\.\d OK", result.stdout)
+
+
+def test_unit_has_the_required_properties() -> None:
+    unit = unit_settings(UNIT.read_text())
+    expected = {
+        "Type": ["notify"], "EnvironmentFile": ["/etc/ahasend-relay/relay.env"],
+        "StateDirectory": ["ahasend-relay"], "DynamicUser": ["yes"],
+        "NoNewPrivileges": ["yes"], "ProtectSystem": ["strict"], "ProtectHome": ["yes"],
+        "PrivateTmp": ["yes"], "RestrictAddressFamilies": ["AF_INET AF_INET6 AF_UNIX"],
+        "CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"], "Restart": ["on-failure"],
+        "RestartPreventExitStatus": ["78"], "KillSignal": ["SIGTERM"],
+    }  # fmt: skip
+    for key, value in expected.items():
+        assert unit.get(key) == value, key
+    assert unit["SystemCallFilter"][0] == "@system-service"
+    assert int(unit["WatchdogSec"][0]) > 0
+
+
+# -- Dockerfile --------------------------------------------------------------------------
+
+
+def test_dockerfile_is_a_multi_stage_build_on_python_slim() -> None:
+    stages = parse()
+    assert len(stages) >= 2
+    for stage in stages:
+        assert re.fullmatch(r"python:3\.1[1-9]-slim", stage.base), stage.base
+    build, final = stages[0], stages[-1]
+    assert build.name is not None
+    copies = [i.args for i in final.all("COPY")]
+    assert any(args.startswith(f"--from={build.name} ") for args in copies)
+    assert final.all("RUN")[0].args.startswith("useradd")
+
+
+def test_dockerfile_runs_unprivileged_with_the_cli() -> None:
+    final = parse()[-1]
+    user = final.all("USER")[-1].args.split(":")[0]
+    assert user not in ("root", "0")
+    assert final.one("ENTRYPOINT").exec_form() == ["ahasend-relay"]
+    assert final.one("CMD").exec_form() == ["serve"]
+    assert healthcheck_command(final) == ["ahasend-relay", "healthcheck"]
+    assert final.one("STOPSIGNAL").args == "SIGTERM"
+
+
+def test_dockerfile_exposes_the_configured_ports_and_a_state_volume() -> None:
+    final = parse()[-1]
+    env = final.env()
+    assert final.one("EXPOSE").args.split() == [env["RELAY_PORT"], env["RELAY_METRICS_PORT"]]
+    [volume] = final.one("VOLUME").exec_form()
+    assert final.one("WORKDIR").args == volume == "/var/lib/ahasend-relay"
+
+
+def test_dockerfile_bakes_in_no_secret_or_config_file() -> None:
+    stages = parse()
+    for stage in stages:
+        assert not any(key.startswith("AHASEND_") for key in stage.env())
+        for copy in stage.all("COPY"):
+            assert ".env" not in copy.args
+    assert "relay.env" not in (REPO / "Dockerfile").read_text()
+
+
+# -- examples ----------------------------------------------------------------------------
+
+
+def test_compose_example_puts_app_and_relay_on_one_network() -> None:
+    compose = yaml.safe_load((EXAMPLES / "docker-compose" / "docker-compose.yml").read_text())
+    app, relay = compose["services"]["app"], compose["services"]["relay"]
+    assert app["networks"] == relay["networks"] == ["mail"]
+    assert app["environment"]["SMTP_HOST"] == "relay"
+    assert app["environment"]["SMTP_PORT"] == relay["environment"]["RELAY_PORT"] == "2525"
+    assert app["depends_on"]["relay"]["condition"] == "service_healthy"
+    assert relay["volumes"] == ["relay-state:/var/lib/ahasend-relay"]
+    assert "ports" not in relay
+
+
+def test_kubernetes_example_runs_the_relay_as_a_sidecar_on_localhost() -> None:
+    pod = yaml.safe_load((EXAMPLES / "kubernetes" / "relay-sidecar.yaml").read_text())
+    assert pod["kind"] == "Pod"
+    containers = {c["name"]: c for c in pod["spec"]["containers"]}
+    app_env = {e["name"]: e.get("value") for e in containers["app"]["env"]}
+    relay_env = {e["name"]: e for e in containers["relay"]["env"]}
+    assert app_env == {"SMTP_HOST": "localhost", "SMTP_PORT": "2525"}
+    assert relay_env["RELAY_HOST"]["value"] == "127.0.0.1"
+    assert relay_env["RELAY_PORT"]["value"] == "2525"
+    for secret in ("AHASEND_API_KEY", "AHASEND_ACCOUNT_ID"):
+        ref = relay_env[secret]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "ahasend-relay", "key": secret}
+    probes = containers["relay"]
+    metrics_port = relay_env["RELAY_METRICS_PORT"]["value"]
+    assert probes["ports"] == [{"name": "metrics", "containerPort": int(metrics_port)}]
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_postfix_example_relays_to_the_relay_port() -> None:
+    text = (EXAMPLES / "postfix" / "main.cf").read_text()
+    assert re.search(r"^relayhost = \[127\.0\.0\.1\]:2525$", text, flags=re.MULTILINE)
+
+
+@pytest.mark.parametrize("variable", ["RELAY_METRICS_PORT", "RELAY_METRICS_HOST"])
+def test_new_settings_are_documented(variable: str) -> None:
+    assert f"#{variable}=" in (REPO / "config.example.env").read_text()

@@ -1,0 +1,193 @@
+"""SpoolWorker with a real spool and a scripted sender: outcomes, backoff, expiry, bounces."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay.bounce import Bouncer
+from relay.delivery import Delivery
+from relay.log import configure
+from relay.replies import (
+    RelayError,
+    UpstreamBusy,
+    UpstreamRejected,
+    UpstreamServerError,
+    UpstreamUnreachable,
+)
+from relay.spool import Spool, SpoolEntry
+from relay.worker import SpoolWorker, WorkerPolicy
+from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
+
+POLICY = WorkerPolicy(retry_min=10, retry_max=100, max_age=1000, poll_interval=0.01)
+
+
+@pytest.fixture
+def time() -> FakeTime:
+    return FakeTime()
+
+
+@pytest.fixture
+def spool(tmp_path: Path, time: FakeTime) -> Iterator[Spool]:
+    s = Spool(tmp_path, clock=time.clock)
+    yield s
+    s.close()
+
+
+def enqueue(spool: Spool, key: str = "key-1", mail_from: str = "app@example.com") -> int:
+    body = json.dumps({"subject": "Invoice 42", "from": {"email": mail_from or "x@y.z"}})
+    return spool.add(
+        body.encode(), key, mail_from=mail_from, rcpt_tos=["to@example.org"],
+        error="UpstreamUnreachable", first_retry=0, max_age=POLICY.max_age,
+    )  # fmt: skip
+
+
+def worker(
+    spool: Spool, sender: ScriptedSender, time: FakeTime, bouncer: Bouncer | None = None
+) -> SpoolWorker:
+    return SpoolWorker(
+        spool, sender, POLICY, bouncer=bouncer, clock=time.clock, rng=random.Random(1)
+    )
+
+
+def get(spool: Spool, entry_id: int) -> SpoolEntry:
+    entry = spool.get(entry_id)
+    assert entry is not None
+    return entry
+
+
+async def test_a_due_entry_is_sent_with_its_key_and_marked_delivered(
+    spool: Spool, time: FakeTime
+) -> None:
+    entry_id = enqueue(spool)
+    sender = ScriptedSender([ACCEPTED])
+    assert await worker(spool, sender, time).run_once() == 1
+    assert sender.keys == ["key-1"]
+    entry = get(spool, entry_id)
+    assert (entry.state, entry.message_ids, entry.attempts) == ("delivered", ("msg-1",), 1)
+    assert await worker(spool, sender, time).run_once() == 0
+
+
+async def test_a_replayed_answer_counts_as_delivered(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    sender = ScriptedSender([Delivery(status=202, message_ids=("m",), replayed=True)])
+    await worker(spool, sender, time).run_once()
+    assert get(spool, entry_id).state == "delivered"
+
+
+async def test_transient_failures_back_off_exponentially(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    sender = ScriptedSender([UpstreamServerError("503")])
+    w = worker(spool, sender, time)
+    delays = []
+    for _ in range(5):
+        await w.run_once()
+        entry = get(spool, entry_id)
+        delays.append(entry.next_attempt - time.now)
+        time.now = entry.next_attempt
+    assert entry.attempts == 5
+    assert entry.state == "queued"
+    assert entry.last_error == "UpstreamServerError: 503"
+    for delay, base in zip(delays, [10, 20, 40, 80, 100], strict=True):
+        assert base * 0.8 <= delay <= base * 1.2
+    assert set(sender.keys) == {"key-1"}
+
+
+async def test_retry_after_is_a_floor(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    await worker(spool, ScriptedSender([UpstreamBusy("409", retry_after=500)]), time).run_once()
+    assert get(spool, entry_id).next_attempt == time.now + 500
+
+
+async def test_permanent_rejection_is_a_dead_letter_with_the_reason(
+    spool: Spool, time: FakeTime
+) -> None:
+    entry_id = enqueue(spool)
+    await worker(spool, ScriptedSender([UpstreamRejected("422 invalid sender")]), time).run_once()
+    entry = get(spool, entry_id)
+    assert (entry.state, entry.last_error, entry.bounced) == ("dead", "422 invalid sender", False)
+
+
+async def test_an_expired_entry_dies_and_the_sender_gets_a_bounce(
+    spool: Spool, time: FakeTime
+) -> None:
+    entry_id = enqueue(spool, key="key-9")
+    time.now += POLICY.max_age + 1
+    sender = ScriptedSender([UpstreamUnreachable("ConnectError"), ACCEPTED])
+    bouncer = Bouncer(sender, "postmaster@relay.example")
+    await worker(spool, sender, time, bouncer).run_once()
+    entry = get(spool, entry_id)
+    assert entry.state == "dead"
+    assert entry.last_error is not None
+    assert entry.last_error.startswith("expired after 1 attempts")
+    assert entry.bounced
+    body, key = sender.calls[1]
+    notice = json.loads(body)
+    assert key == "key-9-bounce"
+    assert notice["to"] == [{"email": "app@example.com"}]
+    assert notice["from"]["email"] == "postmaster@relay.example"
+    assert "Invoice 42" in notice["subject"]
+    assert "to@example.org" in notice["text_content"]
+    assert "expired" in notice["text_content"]
+
+
+async def test_no_bounce_for_the_null_sender(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool, mail_from="")
+    sender = ScriptedSender([UpstreamRejected("422")])
+    await worker(spool, sender, time, Bouncer(sender, "postmaster@relay.example")).run_once()
+    assert len(sender.calls) == 1
+    assert get(spool, entry_id).state == "dead"
+    assert not get(spool, entry_id).bounced
+
+
+async def test_a_failed_bounce_is_logged_not_fatal(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    outcomes: list[Delivery | RelayError] = [UpstreamRejected("422"), UpstreamServerError("500")]
+    sender = ScriptedSender(outcomes)
+    await worker(spool, sender, time, Bouncer(sender, "pm@relay.example")).run_once()
+    entry = get(spool, entry_id)
+    assert (entry.state, entry.bounced) == ("dead", False)
+
+
+async def test_run_delivers_until_stopped(spool: Spool, time: FakeTime) -> None:
+    sender = ScriptedSender([ACCEPTED])
+    w = worker(spool, sender, time)
+    task = asyncio.create_task(w.run())
+    enqueue(spool, "a")
+    enqueue(spool, "b")
+    for _ in range(200):
+        if len(sender.calls) == 2:
+            break
+        await asyncio.sleep(0.01)
+    w.stop()
+    await asyncio.wait_for(task, 2)
+    assert sorted(sender.keys) == ["a", "b"]
+    assert spool.stats().delivered == 2
+
+
+async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
+    enqueue(spool, "a")
+    enqueue(spool, "b")
+    sender = ScriptedSender([UpstreamServerError("503"), ACCEPTED])
+    out = io.StringIO()
+    configure(fmt="json", level="info", stream=out)
+    await worker(spool, sender, time).run_once()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    [status] = [e for e in events if e["event"] == "spool"]
+    assert (status["depth"], status["dead"], status["max_attempts"]) == (1, 0, 1)
+    assert status["oldest_age_s"] == 0
+
+
+async def test_recipients_refused_inside_a_202_are_noted(spool: Spool, time: FakeTime) -> None:
+    entry_id = enqueue(spool)
+    partial = Delivery(status=202, message_ids=("m",), failures=(("x@y.z", "suppressed"),))
+    await worker(spool, ScriptedSender([partial]), time).run_once()
+    entry = get(spool, entry_id)
+    assert entry.state == "delivered"
+    assert entry.last_error == "recipients refused by the API: x@y.z: suppressed"
