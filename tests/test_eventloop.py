@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from types import ModuleType
 
 import pytest
 
 from relay.config import ConfigError, Settings
-from relay.eventloop import loop_factory, new_event_loop
+from relay.eventloop import loop_factory, new_event_loop, run
 
 
 def _missing(name: str) -> ModuleType:
@@ -43,3 +44,12 @@ def test_setting_defaults_to_auto_and_rejects_unknown_loops() -> None:
     assert Settings(relay_dry_run=True).relay_event_loop == "auto"
     with pytest.raises(ValueError, match="relay_event_loop"):
         Settings(relay_dry_run=True, relay_event_loop="trio")
+
+
+def test_run_makes_the_loop_current_like_asyncio_run() -> None:
+    async def current_is_running() -> bool:
+        return asyncio.get_event_loop() is asyncio.get_running_loop()
+
+    assert run(current_is_running(), "asyncio") is True
+    if importlib.util.find_spec("uvloop") is not None:
+        assert run(current_is_running(), "uvloop") is True
