@@ -20,10 +20,11 @@ from relay.delivery import Delivery, Sender
 from relay.dispatch import Dispatcher
 from relay.idempotency import transaction_keys
 from relay.log import get_logger
-from relay.message import Translated, translate
+from relay.message import Translated, translate, usable_recipient
 from relay.metrics import MessageObserver
 from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
+    BAD_RECIPIENT_ADDRESS,
     LOCAL_ERROR,
     OK_RECIPIENT,
     OK_SENDER,
@@ -92,6 +93,9 @@ class RelayHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        """Accept ``address`` unless the transaction is full or it has no domain (postmaster)."""
+        if not usable_recipient(address):
+            return str(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return str(TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)
