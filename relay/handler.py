@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery import Delivery, Sender
 from relay.dispatch import Dispatcher
@@ -138,7 +139,15 @@ class RelayHandler:
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
-        """Any exception aiosmtpd did not expect: a transient reply, never internals."""
+        """Any exception aiosmtpd did not expect: a transient reply, never internals.
+
+        A failed STARTTLS handshake (the client distrusts the certificate, speaks no
+        common protocol) is the client's problem, not a bug: a warning, and aiosmtpd
+        closes the connection without sending the reply.
+        """
+        if isinstance(error, TLSSetupException):
+            log.warning("starttls_failed", reason=str(error.__cause__ or error))
+            return str(LOCAL_ERROR)
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 
