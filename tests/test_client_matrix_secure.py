@@ -5,7 +5,8 @@ trustme certificate (``RELAY_TLS_CERT``/``_KEY``) and an SMTPS listener; no netw
 send without AUTH (loopback included) and AUTH is only offered over TLS, so a delivered
 message proves the client did STARTTLS (or implicit TLS) and authenticated. Each client
 verifies the certificate against the test CA. Postfix takes part as a whole MTA: SASL
-from a ``postmap``-ed map, ``smtp_tls_security_level = encrypt``; once AUTH is advertised
+from a ``postmap``-ed map, ``smtp_tls_security_level = secure`` (certificate verified
+for the relayhost's name); once AUTH is advertised
 it sends ``MAIL FROM:<...> AUTH=<>``, which the relay accepts (RFC 4954 §5).
 """
 
@@ -20,10 +21,11 @@ from pathlib import Path
 import pytest
 import trustme
 
-from tests.clients.drivers import SECURE, Secure, SecureClient
-from tests.clients.postfix import PostfixSecurity, PrivatePostfix
+from tests.clients.drivers import MSMTPRC_SECURE, SECURE, Secure, SecureClient
+from tests.clients.postfix import SECURE_MAIN_CF, PostfixSecurity, PrivatePostfix
 from tests.clients.scenarios import KINDS, check, scenario
 from tests.interop import Served, serving_process
+from tests.paths import REPO
 from tests.security_support import Certs, Conversation, make_certs
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +90,7 @@ def test_postfix_relayhost_with_sasl_and_tls(
     payloads = served.payloads(s.subject, timeout=20)
     assert payloads, f"Postfix did not deliver to the relay; its log:\n{postfix.log()[-3000:]}"
     check(s, payloads)
-    assert "Trusted TLS connection established to 127.0.0.1" in postfix.log()
+    assert "Verified TLS connection established to localhost[127.0.0.1]" in postfix.log()
 
 
 def test_a_client_without_auth_is_refused(served: Served) -> None:
@@ -119,3 +121,16 @@ def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_the_readme_shows_the_tested_settings() -> None:
+    """The README's AUTH/TLS snippets are the settings this module runs, names aside."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    msmtprc = MSMTPRC_SECURE.format(
+        port=2525, ca="/etc/ssl/certs/relay-ca.pem", user="app", password="the-password"
+    )
+    assert msmtprc.replace("127.0.0.1", "relay.example.com") in readme
+    for line in SECURE_MAIN_CF.splitlines():
+        if not line.startswith(("smtp_tls_loglevel", "smtp_send_dummy_mail_auth")):
+            setting = line.format(conf="/etc/postfix", ca="/etc/ssl/certs/relay-ca.pem")
+            assert f"\n{setting}\n" in readme, setting

@@ -9,7 +9,8 @@ neither used nor touched. Starting needs root (master runs as root, daemons as t
 
 With ``secure=PostfixSecurity(...)`` it authenticates (SASL PLAIN/LOGIN, credentials in
 a ``postmap``-ed ``sasl_passwd`` hash map in its config directory) over a mandatory,
-CA-verified STARTTLS session (``SECURE_MAIN_CF``: the README's AUTH/TLS lines, plus
+STARTTLS session whose certificate must be issued by the test CA for the relayhost's name,
+``localhost`` (``SECURE_MAIN_CF``: the README's AUTH/TLS lines, plus
 ``smtp_send_dummy_mail_auth = yes``: ``MAIL FROM:<...> AUTH=<>`` as Postfix before 2.9
 always sent it).
 
@@ -41,7 +42,7 @@ myorigin = $myhostname
 mydestination =
 inet_interfaces = loopback-only
 inet_protocols = ipv4
-relayhost = [127.0.0.1]:{port}
+relayhost = [{host}]:{port}
 smtputf8_enable = yes
 smtp_tls_security_level = none
 alias_maps =
@@ -50,17 +51,18 @@ local_transport = error:local delivery is disabled
 maillog_file = {root}/maillog
 maillog_file_prefixes = {root}
 smtp_connect_timeout = 5s
+smtp_host_lookup = native
 """
 SECURE_MAIN_CF = """\
 smtp_sasl_auth_enable = yes
 smtp_sasl_password_maps = hash:{conf}/sasl_passwd
 smtp_sasl_security_options = noanonymous
-smtp_tls_security_level = encrypt
+smtp_tls_security_level = secure
 smtp_tls_CAfile = {ca}
 smtp_tls_loglevel = 1
 smtp_send_dummy_mail_auth = yes
 """
-SASL_PASSWD = "[127.0.0.1]:{port} {user}:{password}\n"
+SASL_PASSWD = "[{host}]:{port} {user}:{password}\n"
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,11 @@ class PrivatePostfix:
         self.root.chmod(0o755)
         self.conf = self.root / "conf"
 
+    @property
+    def relay_host(self) -> str:
+        """The relayhost's name: ``localhost`` (a name the certificate has) with TLS."""
+        return "localhost" if self.secure is not None else "127.0.0.1"
+
     def start(self) -> PrivatePostfix:
         for tool in ("/usr/sbin/postfix", "/usr/sbin/postconf", "/usr/sbin/sendmail"):
             if not Path(tool).exists():
@@ -97,7 +104,7 @@ class PrivatePostfix:
         (self.root / "data").mkdir()
         shutil.chown(self.root / "data", user="postfix")
         shutil.copy("/etc/postfix/master.cf", self.conf / "master.cf")
-        main_cf = MAIN_CF.format(root=self.root, port=self.relay_port)
+        main_cf = MAIN_CF.format(root=self.root, host=self.relay_host, port=self.relay_port)
         if self.secure is not None:
             main_cf = main_cf.replace("smtp_tls_security_level = none\n", "")
             ca = shutil.copy(self.secure.ca, self.conf / "ca.pem")  # readable by ``postfix``
@@ -111,8 +118,9 @@ class PrivatePostfix:
 
     def _write_sasl_passwd(self, secure: PostfixSecurity) -> None:
         path = self.conf / "sasl_passwd"
-        path.write_text(SASL_PASSWD.format(port=self.relay_port, user=secure.user,
-                                           password=secure.password))  # fmt: skip
+        entry = SASL_PASSWD.format(host=self.relay_host, port=self.relay_port, user=secure.user,
+                                   password=secure.password)  # fmt: skip
+        path.write_text(entry)
         path.chmod(0o600)
         self._run(["postmap", "-c", str(self.conf), f"hash:{path}"])
 
