@@ -121,8 +121,7 @@ class RelayHandler:
             )  # fmt: skip
             envelope.content = envelope.original_content = None  # free it early
             del raw
-            record.add(attachments=translated.attachment_count, requests=len(keys))
-            record.add(idempotency_keys=keys)
+            record.add(attachments=translated.attachment_count, idempotency_keys=keys)
             deliveries = await self._send_all(translated, keys, envelope, record)
             reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
