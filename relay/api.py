@@ -82,32 +82,17 @@ class AhaSendClient:
 
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:
         """POST ``body`` (a serialised request); a Delivery on 2xx, else a RelayError."""
-        response = await self._post(body, idempotency_key)
-        if response.is_success:
-            return _delivery(response)
-        raise error_for_status(response)
+        headers = {"Idempotency-Key": idempotency_key}
+        response = await self._request("POST", self._path, content=body, headers=headers)
+        return _delivery(response)
 
     async def ping(self) -> None:
         """GET /v2/ping: proves the key works; raises a RelayError when it does not."""
-        try:
-            response = await self._client.get("/v2/ping")
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(type(exc).__name__) from exc
-        if not response.is_success:
-            raise error_for_status(response)
+        await self._request("GET", "/v2/ping")
 
     async def get_account(self) -> dict[str, Any]:
         """GET /v2/accounts/{account_id} (read-only; needs accounts:read), or a RelayError."""
-        try:
-            response = await self._client.get(self._account_path)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(type(exc).__name__) from exc
-        if not response.is_success:
-            raise error_for_status(response)
+        response = await self._request("GET", self._account_path)
         try:
             account = response.json()
         except ValueError:
@@ -117,14 +102,17 @@ class AhaSendClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _post(self, body: bytes, idempotency_key: str) -> httpx.Response:
-        headers = {"Idempotency-Key": idempotency_key}
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; the 2xx response, or the RelayError for its status or failure."""
         try:
-            return await self._client.post(self._path, content=body, headers=headers)
+            response = await self._client.request(method, path, **kwargs)
         except httpx.TimeoutException as exc:
             raise UpstreamTimeout(type(exc).__name__) from exc
         except httpx.TransportError as exc:
             raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise error_for_status(response)
+        return response
 
 
 def error_for_status(response: httpx.Response) -> RelayError:

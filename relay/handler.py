@@ -16,15 +16,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery import Delivery, Sender
 from relay.dispatch import Dispatcher
 from relay.idempotency import transaction_keys
 from relay.log import get_logger
-from relay.message import Translated, translate
+from relay.message import Translated, translate, usable_recipient
 from relay.metrics import MessageObserver
 from relay.policy import SenderPolicy, with_payloads
 from relay.replies import (
+    BAD_RECIPIENT_ADDRESS,
     LOCAL_ERROR,
     OK_RECIPIENT,
     OK_SENDER,
@@ -93,6 +95,9 @@ class RelayHandler:
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
+        """Accept ``address`` unless the transaction is full or it has no domain (postmaster)."""
+        if not usable_recipient(address):
+            return str(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return str(TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)
@@ -117,8 +122,7 @@ class RelayHandler:
             )  # fmt: skip
             envelope.content = envelope.original_content = None  # free it early
             del raw
-            record.add(attachments=translated.attachment_count, requests=len(keys))
-            record.add(idempotency_keys=keys)
+            record.add(attachments=translated.attachment_count, idempotency_keys=keys)
             deliveries = await self._send_all(translated, keys, envelope, record)
             reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
@@ -135,7 +139,15 @@ class RelayHandler:
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
-        """Any exception aiosmtpd did not expect: a transient reply, never internals."""
+        """Any exception aiosmtpd did not expect: a transient reply, never internals.
+
+        A failed STARTTLS handshake (the client distrusts the certificate, speaks no
+        common protocol) is the client's problem, not a bug: a warning, and aiosmtpd
+        closes the connection without sending the reply.
+        """
+        if isinstance(error, TLSSetupException):
+            log.warning("starttls_failed", reason=str(error.__cause__ or error))
+            return str(LOCAL_ERROR)
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 

@@ -74,7 +74,7 @@ from typing import Any, Final
 from relay.directives import PREFIX, directive_fields
 from relay.replies import MessageUnparseable
 
-__all__ = ["EMPTY_BODY", "Translated", "translate"]
+__all__ = ["EMPTY_BODY", "Translated", "translate", "usable_recipient"]
 
 EMPTY_BODY: Final = "\n"
 """``text_content`` of a message with no text or HTML body: the API requires one of them."""
@@ -388,6 +388,11 @@ def _sender(heads: _Headers, mail_from: str) -> dict[str, str]:
     if not _usable(envelope):
         raise MessageUnparseable("no sender address: no usable From and an empty envelope sender")
     return {"email": envelope}
+
+
+def usable_recipient(rcpt: str) -> bool:
+    """Whether the envelope recipient ``rcpt`` is one ``translate`` can send to (local@domain)."""
+    return _usable(_envelope_address(rcpt))
 
 
 def _envelope(rcpt_tos: Sequence[str]) -> list[str]:

@@ -68,6 +68,10 @@ def retry_after_of(error: RelayError) -> float | None:
     return error.retry_after if isinstance(error, UpstreamThrottled) else None
 
 
+class _DeadlineCut(UpstreamTimeout):
+    """An attempt cut off by the retry deadline rather than by the API's own timeout."""
+
+
 class RetryingSender:
     """A ``Sender`` that retries ``inner`` within ``deadline`` seconds per message.
 
@@ -101,12 +105,15 @@ class RetryingSender:
         if self._deadline <= 0:
             return await self._inner.send(body, idempotency_key)
         deadline = self._clock() + self._deadline
-        attempt = 0
+        attempt, last = 0, None
         while True:
             try:
                 return await self._attempt(body, idempotency_key, deadline)
+            except _DeadlineCut as exc:
+                # Our own deadline is no news to the client: report what the API last said.
+                raise (last or exc) from exc
             except RETRYABLE as exc:
-                delay = self._delay(exc, attempt)
+                last, delay = exc, self._delay(exc, attempt)
                 if self._stopping.is_set() or self._clock() + delay >= deadline:
                     raise
                 log.info(
@@ -129,7 +136,7 @@ class RetryingSender:
             async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
                 return await self._inner.send(body, key)
         except TimeoutError as exc:
-            raise UpstreamTimeout("retry deadline reached") from exc
+            raise _DeadlineCut("retry deadline reached") from exc
 
     async def _pause(self, delay: float) -> bool:
         """Sleep ``delay`` seconds; False when ``stop_retrying`` cut the sleep short."""

@@ -11,6 +11,9 @@
   of aiosmtpd's CPU and peak memory for large messages.
 - MAIL/RCPT parameters (``BODY=8BITMIME``, ``SIZE=``) are accepted after HELO too, as
   Postfix does: some clients greet with HELO and still send them.
+- The RFC 4954 §5 ``AUTH=`` MAIL parameter (``MAIL FROM:<a@b> AUTH=<>``, sent by Postfix
+  and other clients once AUTH is advertised) is accepted and ignored: it is informational
+  and never authenticates anybody (only the AUTH command does).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any, AnyStr
 
 import structlog
@@ -41,6 +45,7 @@ class RelaySMTP(SMTP):
         super().__init__(handler, **kwargs)
         self.session_id = secrets.token_hex(6)
         self._raw_replies = False
+        self._in_mail = False
         self.transactions = 0
 
     async def push(self, status: AnyStr) -> None:
@@ -101,7 +106,18 @@ class RelaySMTP(SMTP):
         return True
 
     async def smtp_MAIL(self, arg: str) -> None:
-        await self._as_extended(super().smtp_MAIL(arg))
+        self._in_mail = True
+        try:
+            await self._as_extended(super().smtp_MAIL(arg))
+        finally:
+            self._in_mail = False
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's parameter parsing, with MAIL's ``AUTH=`` dropped (RFC 4954 §5)."""
+        result = super()._getparams(params)
+        if result is not None and self._in_mail:
+            result.pop("AUTH", None)
+        return result
 
     async def smtp_RCPT(self, arg: str) -> None:
         await self._as_extended(super().smtp_RCPT(arg))

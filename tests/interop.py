@@ -57,6 +57,13 @@ class Served:
         assert not problems, f"the stand-in refused requests: {problems}"
         return [r.json for r in found]
 
+    def smtps_port(self) -> int:
+        """The implicit-TLS port a process logged (``listening_smtps``, RELAY_SMTPS_PORT=0)."""
+        for line in list(self.logs):
+            if "listening_smtps" in line and (match := _PORT.search(line)):
+                return int(match.group(1))
+        raise AssertionError("the relay logged no listening_smtps event")
+
     def accepted(self) -> list[Recorded]:
         """Requests the stand-in accepted."""
         return self.standin.accepted
@@ -119,7 +126,8 @@ def _wait_listening(process: subprocess.Popen[bytes], logs: list[str]) -> int:
     deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline and process.poll() is None:
         for line in list(logs):
-            if "listening" in line and (match := _PORT.search(line)):
+            plain = "listening" in line and "listening_smtps" not in line
+            if plain and (match := _PORT.search(line)):
                 return int(match.group(1))
         time.sleep(0.05)
     raise AssertionError(f"the relay did not start listening:\n{''.join(logs)[-3000:]}")

@@ -146,3 +146,35 @@ async def test_stop_retrying_ends_a_wait_with_the_last_error() -> None:
     with pytest.raises(UpstreamServerError):  # and no retries from now on
         await sender.send(b"{}", "k2")
     assert len(inner.calls) == 2
+
+
+class _FailThenHang:
+    """First call: a 503; later calls never answer (the retry deadline must cut them)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        self.calls += 1
+        if self.calls == 1:
+            raise UpstreamServerError("503 maintenance")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_an_attempt_cut_by_the_deadline_reports_the_last_api_error() -> None:
+    inner = _FailThenHang()
+    sender = RetryingSender(inner, deadline=0.3, backoff=Backoff(base=0.01, cap=0.01))
+    with pytest.raises(UpstreamServerError, match="503 maintenance"):
+        await sender.send(b"{}", "k")
+    assert inner.calls == 2
+
+
+async def test_a_first_attempt_cut_by_the_deadline_is_a_timeout() -> None:
+    inner = _FailThenHang()
+    inner.calls = 1  # the very first call hangs
+    with pytest.raises(UpstreamTimeout, match="retry deadline reached"):
+        await RetryingSender(inner, deadline=0.2).send(b"{}", "k")

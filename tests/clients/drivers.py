@@ -5,6 +5,10 @@ API) and raises if the client reports failure. Clients that compose MIME themsel
 (smtplib, nodemailer, PHPMailer, mutt, s-nail, sendemail, swaks for most kinds) get
 addresses, text and files; pure transports (curl, msmtp, Postfix) get ``scenario.mime()``.
 
+The ``SECURE`` drivers send to a relay that requires AUTH over TLS (``Secure``): each
+uses its client's own STARTTLS (or implicit TLS, on the SMTPS port), certificate check
+against the test CA, and AUTH settings.
+
 A client that is not installed is an error, never a skip: ``.ci/run`` installs them all.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import smtplib
+import ssl
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,9 +69,9 @@ def _write_files(s: Scenario, work: Path) -> list[Path]:
     return paths
 
 
-def _spec(s: Scenario, port: int, work: Path) -> Path:
-    """The scenario as JSON, for the Node and PHP drivers."""
-    spec = {
+def _spec(s: Scenario, port: int, work: Path, **extra: object) -> Path:
+    """The scenario as JSON, for the Node and PHP drivers (``extra``: e.g. ``tls``)."""
+    spec = extra | {
         "port": port, "from": s.sender, "to": s.to, "cc": list(s.cc), "bcc": list(s.bcc),
         "subject": s.subject, "text": s.text, "html": s.html if s.kind == "html_inline" else "",
         "cid": CID, "files": [str(p) for p in _write_files(s, work) if p.name != "logo.png"],
@@ -206,4 +211,124 @@ COMPOSERS = [
     Client("sendemail", send_sendemail, ("sendemail",), inline_cid=False),
     Client("curl", send_curl, ("curl",)),
     Client("msmtp", send_msmtp, ("msmtp",)),
+]
+
+
+# -- with AUTH and TLS ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Secure:
+    """A relay requiring AUTH over TLS: STARTTLS on ``port``, implicit TLS on ``smtps_port``."""
+
+    port: int
+    smtps_port: int
+    ca: Path
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class SecureClient:
+    """A client of the AUTH/TLS matrix."""
+
+    name: str
+    send: Callable[[Scenario, Secure, Path], None]
+
+
+MSMTPRC_SECURE = """\
+account default
+host 127.0.0.1
+port {port}
+from app@example.com
+tls on
+tls_starttls on
+tls_trust_file {ca}
+auth on
+user {user}
+password {password}
+"""
+"""The README's msmtp configuration for a relay with AUTH and TLS."""
+
+
+def send_smtplib_secure(s: Scenario, sec: Secure, work: Path) -> None:
+    """STARTTLS verified against the CA, then AUTH (smtplib picks PLAIN or LOGIN)."""
+    context = ssl.create_default_context(cafile=str(sec.ca))
+    with smtplib.SMTP("127.0.0.1", sec.port, local_hostname="client.test", timeout=TIMEOUT) as smtp:
+        smtp.starttls(context=context)
+        smtp.login(sec.user, sec.password)
+        assert not smtp.send_message(s.message())
+
+
+def send_nodemailer_secure(s: Scenario, sec: Secure, work: Path, implicit: bool = False) -> None:
+    require("node", str(NODE_MODULES / "nodemailer"))
+    tls = {"ca": str(sec.ca), "user": sec.user, "password": sec.password, "implicit": implicit}
+    spec = _spec(s, sec.smtps_port if implicit else sec.port, work, tls=tls)
+    run(["node", str(HERE / "send_nodemailer.js"), str(spec)], cwd=HERE)
+
+
+def send_nodemailer_smtps(s: Scenario, sec: Secure, work: Path) -> None:
+    send_nodemailer_secure(s, sec, work, implicit=True)
+
+
+def send_phpmailer_secure(s: Scenario, sec: Secure, work: Path) -> None:
+    require("php", str(PHPMAILER))
+    tls = {"ca": str(sec.ca), "user": sec.user, "password": sec.password, "implicit": False}
+    run(["php", str(HERE / "send_phpmailer.php"), str(_spec(s, sec.port, work, tls=tls))])
+
+
+def send_swaks_secure(s: Scenario, sec: Secure, work: Path, implicit: bool = False) -> None:
+    require("swaks")
+    (msg := work / "message.eml").write_bytes(_without_bcc(s))
+    tls = ["--tls-on-connect", "--port", str(sec.smtps_port)] if implicit else [
+        "--tls", "--port", str(sec.port)]  # fmt: skip
+    run(["swaks", "--server", "127.0.0.1", *tls, "--tls-verify", "--tls-ca-path", str(sec.ca),
+         "--auth", "LOGIN", "--auth-user", sec.user, "--auth-password", sec.password,
+         "--helo", "client.test", "--from", s.sender, "--to", ",".join(s.recipients),
+         "--data", f"@{msg}"])  # fmt: skip
+
+
+def send_swaks_smtps(s: Scenario, sec: Secure, work: Path) -> None:
+    send_swaks_secure(s, sec, work, implicit=True)
+
+
+def send_curl_secure(s: Scenario, sec: Secure, work: Path, implicit: bool = False) -> None:
+    """curl with ``--ssl-reqd`` and ``--user``; over STARTTLS it also sends ``AUTH=<sender>``."""
+    require("curl")
+    (msg := work / "message.eml").write_bytes(_without_bcc(s))
+    url = f"smtps://127.0.0.1:{sec.smtps_port}" if implicit else f"smtp://127.0.0.1:{sec.port}"
+    argv = ["curl", "--silent", "--show-error", "--url", f"{url}/client.test", "--ssl-reqd",
+            "--cacert", str(sec.ca), "--user", f"{sec.user}:{sec.password}",
+            "--mail-from", s.sender, "--upload-file", str(msg)]  # fmt: skip
+    if not implicit:
+        argv += ["--mail-auth", s.sender]  # MAIL FROM:<...> AUTH=<sender> (RFC 4954 §5)
+    for rcpt in s.recipients:
+        argv += ["--mail-rcpt", rcpt]
+    run(argv)
+
+
+def send_curl_smtps(s: Scenario, sec: Secure, work: Path) -> None:
+    send_curl_secure(s, sec, work, implicit=True)
+
+
+def send_msmtp_secure(s: Scenario, sec: Secure, work: Path) -> None:
+    """msmtp with the README's msmtprc (STARTTLS, CA file, AUTH); recipients from -t."""
+    require("msmtp")
+    rc = work / "msmtprc"
+    rc.write_text(MSMTPRC_SECURE.format(port=sec.port, ca=sec.ca, user=sec.user,
+                                        password=sec.password))  # fmt: skip
+    rc.chmod(0o600)  # msmtp refuses a password in a file others can read
+    run(["msmtp", "-C", str(rc), "--domain=client.test", "-t"], stdin=s.mime())
+
+
+SECURE = [
+    SecureClient("smtplib", send_smtplib_secure),
+    SecureClient("nodemailer", send_nodemailer_secure),
+    SecureClient("nodemailer-smtps", send_nodemailer_smtps),
+    SecureClient("phpmailer", send_phpmailer_secure),
+    SecureClient("swaks", send_swaks_secure),
+    SecureClient("swaks-smtps", send_swaks_smtps),
+    SecureClient("curl", send_curl_secure),
+    SecureClient("curl-smtps", send_curl_smtps),
+    SecureClient("msmtp", send_msmtp_secure),
 ]

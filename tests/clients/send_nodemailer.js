@@ -5,13 +5,24 @@ const path = require("path");
 const nodemailer = require("nodemailer");
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], "utf8"));
-const transporter = nodemailer.createTransport({
+const options = {
   host: "127.0.0.1",
   port: spec.port,
   secure: false,
   ignoreTLS: true,
   name: "client.test",
-});
+};
+if (spec.tls) {
+  // A relay with AUTH and TLS: STARTTLS required (or implicit TLS), the CA trusted.
+  Object.assign(options, {
+    secure: spec.tls.implicit,
+    ignoreTLS: false,
+    requireTLS: !spec.tls.implicit,
+    auth: { user: spec.tls.user, pass: spec.tls.password },
+    tls: { ca: [fs.readFileSync(spec.tls.ca)] },
+  });
+}
+const transporter = nodemailer.createTransport(options);
 const message = {
   from: `"Matrix App" <${spec.from}>`,
   to: spec.to,

@@ -14,6 +14,15 @@ $mail->SMTPAutoTLS = false;
 $mail->Hostname = 'client.test';
 $mail->Helo = 'client.test';
 $mail->CharSet = PHPMailer::CHARSET_UTF8;
+if (isset($spec['tls'])) {
+    // A relay with AUTH and TLS: STARTTLS, the certificate checked against the test CA.
+    $mail->SMTPSecure = PHPMailer::ENCRYPTION_STARTTLS;
+    $mail->SMTPAuth = true;
+    $mail->Username = $spec['tls']['user'];
+    $mail->Password = $spec['tls']['password'];
+    $mail->SMTPOptions = ['ssl' => ['cafile' => $spec['tls']['ca'], 'verify_peer' => true,
+                                    'verify_peer_name' => true]];
+}
 $mail->setFrom($spec['from'], 'Matrix App');
 $mail->addAddress($spec['to']);
 foreach ($spec['cc'] as $cc) { $mail->addCC($cc); }
