@@ -10,7 +10,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY relay ./relay
 RUN python -m venv /opt/ahasend-relay \
- && /opt/ahasend-relay/bin/pip install .
+ && /opt/ahasend-relay/bin/pip install '.[fast]'
 
 # --- runtime stage: the virtualenv only, run by an unprivileged user -------------------
 FROM python:3.12-slim
