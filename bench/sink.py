@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import signal
 import sys
 from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
 from bench.loops import new_event_loop
+from bench.serving import serve_until_signalled
 
 
 class _Discard:
@@ -40,12 +39,7 @@ async def serve(host: str, port: int) -> None:
         )
 
     server = await loop.create_server(session, host, port, backlog=1024)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_signalled(server)
 
 
 def main(argv: list[str] | None = None) -> int:

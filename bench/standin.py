@@ -15,11 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 from typing import Final, cast
 
 from bench.loops import new_event_loop
+from bench.serving import serve_until_signalled
 
 _BODY: Final = json.dumps(
     {
@@ -148,12 +148,7 @@ async def serve(host: str, port: int, delay: float) -> None:
     """Listen, print the bound port as JSON on stdout, serve until SIGTERM/SIGINT."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(lambda: _HTTP(delay), host, port, backlog=1024)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(json.dumps({"port": server.sockets[0].getsockname()[1]}), flush=True)
-    await stop.wait()
-    server.close()
+    await serve_until_signalled(server)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,8 +26,8 @@ class RawSMTP:
     ) -> None:
         self.sock.close()
 
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def send(self, data: bytes | str) -> None:
+        self.sock.sendall(data.encode() if isinstance(data, str) else data)
 
     def reply(self) -> str:
         """The next complete reply, its lines joined with ``\\n`` (CRLFs stripped)."""

@@ -13,6 +13,8 @@ import argon2
 import bcrypt
 import trustme
 
+from tests.rawsmtp import RawSMTP
+
 PASSWORD = "correct horse battery staple"
 SCANNER_PASSWORD = "sc4nner-Pa55"
 
@@ -74,8 +76,8 @@ def plain_token(user: str, password: str) -> str:
     return b64(f"\0{user}\0{password}")
 
 
-class Conversation:
-    """A raw SMTP client: send exact lines, read exact replies (multi-line joined)."""
+class Conversation(RawSMTP):
+    """A raw SMTP client from a chosen source address; the test reads the greeting itself."""
 
     def __init__(self, port: int, source: str = "127.0.0.1", host: str = "127.0.0.1") -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -86,47 +88,16 @@ class Conversation:
         self.sock.connect((host, port))
         self._buffer = b""
 
-    def __enter__(self) -> Conversation:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def close(self) -> None:
         self.sock.close()
 
-    def send(self, data: bytes | str) -> None:
-        self.sock.sendall(data.encode() if isinstance(data, str) else data)
-
-    def reply(self) -> str:
-        """The next complete reply; continuation lines are joined with newlines."""
-        lines = []
-        while True:
-            line = self._line()
-            lines.append(line)
-            if len(line) < 4 or line[3] != "-":
-                return "\n".join(lines)
-
     def command(self, line: str) -> str:
-        self.send(line + "\r\n")
-        return self.reply()
+        return self.cmd(line)
 
     def closed_by_server(self) -> bool:
         """True when the server has closed the connection (EOF or reset)."""
-        try:
-            return self.sock.recv(1) == b""
-        except ConnectionResetError:
-            return True
+        return self.closed()
 
     def starttls(self, context: ssl.SSLContext) -> None:
         assert self.command("STARTTLS").startswith("220")
         self.sock = context.wrap_socket(self.sock, server_hostname="127.0.0.1")
-
-    def _line(self) -> str:
-        while b"\r\n" not in self._buffer:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError(f"closed by server; pending {self._buffer!r}")
-            self._buffer += chunk
-        line, self._buffer = self._buffer.split(b"\r\n", 1)
-        return line.decode()
