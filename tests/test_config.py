@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_settings
+from relay.config import ConfigError, Settings, load_settings
+from tests.paths import REPO
 
 ACCOUNT = "7b0ef6a2-6a4c-4b1e-9d4e-2a6f0b8c1d11"
 
@@ -63,3 +65,11 @@ def test_missing_env_file(tmp_path: Path) -> None:
 def test_secret_is_not_in_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     s = load_settings(ahasend_api_key="aha-sk-topsecret", ahasend_account_id=ACCOUNT)
     assert "aha-sk-topsecret" not in repr(s)
+
+
+def test_example_env_documents_every_setting() -> None:
+    text = (REPO / "config.example.env").read_text()
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", text, re.MULTILINE))
+    systemd = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
+    assert all(name in text for name in systemd)
+    assert {f.upper() for f in Settings.model_fields} - systemd <= documented
