@@ -149,9 +149,7 @@ class RelayServer:
             try:
                 await self.admin.start()
             except OSError:
-                for server in (self._server, self._smtps_server):
-                    if server is not None:
-                        server.close()
+                self._close_listeners()
                 await self.sender.aclose()
                 raise
         if self.worker is not None:
@@ -191,9 +189,7 @@ class RelayServer:
         for session in list(self._sessions):
             session.drain()
         abandoned = await _finish_sessions(self._sessions, grace)
-        for server in (self._server, self._smtps_server):
-            if server is not None:
-                server.close()
+        self._close_listeners()
         await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
         if self.admin is not None:
@@ -201,6 +197,12 @@ class RelayServer:
         if self.spool is not None:
             self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
+
+    def _close_listeners(self) -> None:
+        """Stop accepting on the plain and the implicit-TLS port."""
+        for server in (self._server, self._smtps_server):
+            if server is not None:
+                server.close()
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
