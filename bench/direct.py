@@ -1,7 +1,7 @@
 """The upstream limit: the relay's own request bodies POSTed straight to the stand-in.
 
-The bodies are what the relay would send for the benchmark's messages (``relay.message
-.translate`` then ``relay.handler.serialise``, computed once up front), POSTed with an
+The bodies are what the relay would send for the benchmark's messages (``relay.translate.message
+.translate`` then ``relay.translate.wire.serialise``, computed once up front), POSTed with an
 ``httpx.AsyncClient`` on the transport the relay would use (``--transport``, the same
 choice as ``AHASEND_API_TRANSPORT``; ``httpx`` is plain httpx), with the relay's headers,
 keep-alive and at most C connections, by C concurrent workers. Latency is per request,
@@ -26,9 +26,9 @@ import httpx
 from bench import messages
 from bench.loops import new_event_loop
 from bench.worker import emit, own_cpu, percentiles, wait_for_go
-from relay.handler import serialise
-from relay.message import translate
-from relay.transport import build_transport
+from relay.delivery.transport import build_transport
+from relay.translate.message import translate
+from relay.translate.wire import serialise
 
 ACCOUNT_ID = "6a3c1f0e-0000-4000-8000-00000000bec4"
 API_KEY = "aha-sk-bench-" + "0" * 51

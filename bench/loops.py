@@ -1,5 +1,5 @@
 """Event loops for the benchmark's own processes (the relay's choice, reused)."""
 
-from relay.eventloop import new_event_loop
+from relay.ops.eventloop import new_event_loop
 
 __all__ = ["new_event_loop"]

@@ -24,15 +24,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.errors import ConfigError
+
 __all__ = ["ConfigError", "Settings", "load_settings"]
 
 MIB = 1024 * 1024
 AHASEND_MAX_MESSAGE_SIZE = 20 * MIB
 AHASEND_MAX_RECIPIENTS = 50
-
-
-class ConfigError(Exception):
-    """A setting is missing or invalid. ``str()`` is one line that names the variable."""
 
 
 class Settings(BaseSettings):
@@ -77,7 +75,7 @@ class Settings(BaseSettings):
     relay_log_level: Literal["debug", "info", "warning", "error"] = "info"
     relay_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
-    # -- security (relay.guard, relay.auth, relay.tls, relay.policy, relay.limits) ----
+    # -- security (relay.smtp: guard, auth, tls, policy, limits) ----
     relay_auth_file: Path | None = None
     relay_auth_user: str | None = None
     relay_auth_password: SecretStr | None = None
@@ -187,7 +185,7 @@ class Settings(BaseSettings):
 
     @property
     def allowed_sender_domains(self) -> frozenset[str]:
-        """Domains MAIL FROM and From may use; empty means any (see ``relay.policy``)."""
+        """Domains MAIL FROM and From may use; empty means any (see ``relay.smtp.policy``)."""
         return frozenset(parse_domains(self.relay_allowed_sender_domains))
 
     @property

@@ -6,7 +6,7 @@ the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and 
 AUTH users (``RelayServer.reload``) without closing the listeners.
 
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
-sessions are the same ``GuardedSMTP`` as on the plain port (``relay.guard``).
+sessions are the same ``GuardedSMTP`` as on the plain port (``relay.smtp.guard``).
 
 Delivery stack: the handler sends through ``RetryingSender`` (retries within the
 transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
@@ -27,29 +27,30 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any, cast
 
 import httpx
 
 from relay import __version__
-from relay.api import MAX_CONNECTIONS, AhaSendClient
-from relay.bounce import Bouncer
-from relay.config import ConfigError, Settings
-from relay.delivery import DryRunSender, Sender
-from relay.dispatch import Dispatcher, SpoolPolicy
-from relay.guard import Guard, GuardedSMTP
-from relay.handler import RelayHandler
-from relay.health import readiness
-from relay.http_admin import AdminServer, Readiness
-from relay.log import get_logger
-from relay.metrics import MeteredTransport, RelayMetrics
-from relay.pacing import PacedSender, TokenBucket
-from relay.replies import DRY_RUN_ACCEPTED, QUEUED, SERVICE_NOT_AVAILABLE
-from relay.retry import RetryingSender
-from relay.spool import Spool
-from relay.systemd import Notifier
-from relay.transport import build_transport
-from relay.worker import SpoolWorker, WorkerPolicy
+from relay.config import Settings
+from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
+from relay.delivery.bounce import Bouncer
+from relay.delivery.dispatch import Dispatcher, SpoolPolicy
+from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.retry import RetryingSender
+from relay.delivery.sender import DryRunSender, Sender
+from relay.delivery.spool import Spool
+from relay.delivery.transport import build_transport
+from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.errors import ConfigError
+from relay.ops.admin import AdminServer, Readiness
+from relay.ops.health import readiness
+from relay.ops.log import get_logger
+from relay.ops.metrics import MeteredTransport, RelayMetrics
+from relay.ops.systemd import Notifier
+from relay.smtp.drain import Refuser, TrackedSMTP, finish_sessions
+from relay.smtp.guard import Guard
+from relay.smtp.handler import RelayHandler
+from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -109,7 +110,7 @@ class RelayServer:
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[_TrackedSMTP] = set()
+        self._sessions: set[TrackedSMTP] = set()
         self._draining = False
         self.metrics.sessions_open.func = lambda: len(self._sessions)
         self.admin = _admin_server(settings, self.metrics, self.readiness)
@@ -188,7 +189,7 @@ class RelayServer:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
             session.drain()
-        abandoned = await _finish_sessions(self._sessions, grace)
+        abandoned = await finish_sessions(self._sessions, grace)
         self._close_listeners()
         await self._stop_worker(max(ends - loop.time(), 0.0))
         await self.sender.aclose()
@@ -223,8 +224,8 @@ class RelayServer:
 
     def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
-            return _Refuser()
-        session = _TrackedSMTP(
+            return Refuser()
+        session = TrackedSMTP(
             self.handler,
             self._sessions,
             guard=self.guard,
@@ -294,70 +295,9 @@ def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
     return SpoolWorker(spool, sender, policy, bouncer=bouncer)
 
 
-class _Refuser(asyncio.Protocol):
-    """A connection that arrives while the relay shuts down: ``421 4.3.2``, then close."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # No isinstance check: uvloop's transports are not asyncio.WriteTransport subclasses.
-        writer = cast(asyncio.WriteTransport, transport)
-        writer.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
-        writer.close()
-
-
-async def _finish_sessions(sessions: set[_TrackedSMTP], grace: float) -> int:
-    """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
-    tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
-    if not tasks:
-        return 0
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return len(pending)
-
-
 def _handshake_timeout(settings: Settings) -> float:
     """Seconds an SMTPS client gets to finish its TLS handshake."""
     return min(settings.relay_smtp_timeout, 30.0)
-
-
-class _TrackedSMTP(GuardedSMTP):
-    """A session that leaves its server's registry when its connection closes.
-
-    ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
-    right after the transaction in progress ends (DATA answered, or RSET).
-    """
-
-    def __init__(self, handler: Any, registry: set[_TrackedSMTP], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._registry = registry
-        self._draining = False
-
-    def drain(self) -> None:
-        self._draining = True
-        if self.envelope is None or self.envelope.mail_from is None:
-            self._refuse()
-
-    async def smtp_DATA(self, arg: str) -> None:
-        await super().smtp_DATA(arg)
-        if self._draining:
-            self._refuse()
-
-    async def smtp_RSET(self, arg: str) -> None:
-        await super().smtp_RSET(arg)
-        if self._draining:
-            self._refuse()
-
-    def _refuse(self) -> None:
-        """Send ``421 4.3.2`` and close (the write is flushed before the close)."""
-        transport = cast(asyncio.WriteTransport | None, self.transport)  # uvloop's too
-        if transport is not None and not transport.is_closing():
-            transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
-            transport.close()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self._registry.discard(self)
 
 
 async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.delivery import Delivery
-from relay.replies import RelayError
+from relay.delivery.sender import Delivery
+from relay.errors import RelayError
 
 
 class FakeTime:

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from relay.config import Settings
-from relay.delivery import Sender
+from relay.delivery.sender import Sender
 from relay.server import RelayServer
 
 

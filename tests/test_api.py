@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from relay import replies as r
-from relay.api import USER_AGENT, AhaSendClient
+from relay.delivery.api import USER_AGENT, AhaSendClient
+from relay.smtp import replies as r
 
 ACCOUNT = "7b0ef6a2-6a4c-4b1e-9d4e-2a6f0b8c1d11"
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from relay import __version__
-from relay.api import AhaSendClient
-from relay.cli import EX_CONFIG, EX_OK, _check_online, summary
+from relay.cli.main import EX_CONFIG, EX_OK, _check_online, summary
 from relay.config import Settings
+from relay.delivery.api import AhaSendClient
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.ops_support import run_cli, standin_env
 from tests.standin import Scripted, StandIn

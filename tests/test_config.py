@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, Settings, load_settings
+from relay.config import Settings, load_settings
+from relay.errors import ConfigError
 from tests.paths import REPO
 
 ACCOUNT = "7b0ef6a2-6a4c-4b1e-9d4e-2a6f0b8c1d11"

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from relay.message import translate
-from relay.replies import PermanentError
+from relay.errors import PermanentError
+from relay.translate.message import translate
 from tests.paths import CORPUS
 from tests.spec import assert_valid_request
 

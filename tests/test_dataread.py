@@ -1,4 +1,4 @@
-"""relay.dataread: chunked DATA reading gives exactly what aiosmtpd's line reader gives.
+"""relay.smtp.dataread: chunked DATA reading gives exactly what aiosmtpd's line reader gives.
 
 Differential tests: ``reference`` is aiosmtpd 1.4's DATA loop restated line by line;
 hypothesis generates DATA streams (dots, long lines, bare CR/LF, sizes around the limits)
@@ -14,7 +14,7 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.dataread import DataOutcome, read_data
+from relay.smtp.dataread import DataOutcome, read_data
 
 
 def reference(stream: bytes, size_limit: int, line_limit: int) -> tuple[set[DataOutcome], bytes]:

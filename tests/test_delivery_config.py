@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import ConfigError, load_settings
+from relay.config import load_settings
+from relay.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""AhaSend's ``ahasend-*`` SMTP headers: relay.directives and their effect on translate."""
+"""AhaSend's ``ahasend-*`` SMTP headers: relay.translate.directives and their effect."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.directives import directive_fields
-from relay.message import translate
-from relay.replies import InvalidHeader, reply_for
+from relay.errors import InvalidHeader
+from relay.smtp.replies import reply_for
+from relay.translate.directives import directive_fields
+from relay.translate.message import translate
 from tests.spec import assert_valid_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.dispatch import Dispatcher, SpoolPolicy
-from relay.replies import InternalError, UpstreamRejected, UpstreamServerError
-from relay.spool import Spool
+from relay.delivery.dispatch import Dispatcher, SpoolPolicy
+from relay.delivery.spool import Spool
+from relay.errors import InternalError, UpstreamRejected, UpstreamServerError
 from tests.fakes import ACCEPTED, ScriptedSender
 
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from relay.delivery import Delivery
-from relay.log import configure
+from relay.delivery.sender import Delivery
+from relay.ops.log import configure
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 

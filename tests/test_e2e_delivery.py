@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from relay.api import AhaSendClient
-from relay.spool import Spool
-from relay.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.api import AhaSendClient
+from relay.delivery.spool import Spool
+from relay.delivery.worker import SpoolWorker, WorkerPolicy
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import Spool
+from relay.delivery.spool import Spool
 from tests.paths import REPO
 from tests.standin import Recorded, Scripted, StandIn
 

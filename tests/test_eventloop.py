@@ -8,8 +8,9 @@ from types import ModuleType
 
 import pytest
 
-from relay.config import ConfigError, Settings
-from relay.eventloop import loop_factory, new_event_loop, run
+from relay.config import Settings
+from relay.errors import ConfigError
+from relay.ops.eventloop import loop_factory, new_event_loop, run
 
 
 def _missing(name: str) -> ModuleType:

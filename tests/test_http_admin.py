@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from relay.http_admin import AdminServer
+from relay.ops.admin import AdminServer
 
 
 async def fetch(port: int, request: bytes, *, half_close: bool = False) -> bytes:

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from relay.idempotency import transaction_keys
+from relay.translate.idempotency import transaction_keys
 
 
 def keys(mid: str | None, rcpts: list[str], raw: bytes = b"body", count: int = 1) -> list[str]:

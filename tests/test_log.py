@@ -7,7 +7,7 @@ import json
 
 import structlog
 
-from relay.log import configure, get_logger
+from relay.ops.log import configure, get_logger
 
 
 def test_secret_values_and_keys_are_scrubbed_from_json() -> None:

@@ -1,4 +1,4 @@
-"""relay.memory: glibc's mmap threshold is pinned once, unless the operator set it."""
+"""relay.ops.memory: glibc's mmap threshold is pinned once, unless the operator set it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from relay.memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD, pin_mmap_threshold
+from relay.ops.memory import M_MMAP_THRESHOLD, MMAP_THRESHOLD, pin_mmap_threshold
 
 
 class FakeLibc:

@@ -1,4 +1,4 @@
-"""relay.message.translate on small hand-written messages (tests/fixtures/eml/)."""
+"""relay.translate.message.translate on small hand-written messages (tests/fixtures/eml/)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from relay.message import EMPTY_BODY, Translated, translate
-from relay.replies import MessageUnparseable
+from relay.errors import MessageUnparseable
+from relay.translate.message import EMPTY_BODY, Translated, translate
 from tests.spec import assert_valid_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eml"

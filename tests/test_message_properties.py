@@ -1,4 +1,4 @@
-"""Properties of relay.message.translate on generated input: a valid request or a clean refusal."""
+"""Properties of relay.translate on generated input: a valid request or a clean refusal."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from relay.message import _simple_mailboxes, translate
-from relay.replies import PermanentError
+from relay.errors import PermanentError
+from relay.translate.message import _simple_mailboxes, translate
 from tests.spec import assert_valid_request
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -1,4 +1,4 @@
-"""Unit tests of relay.metrics (exposition format, transport metering) and the readiness rule."""
+"""Unit tests of relay.ops.metrics (exposition, transport metering) and the readiness rule."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import itertools
 import httpx
 import pytest
 
-from relay.health import readiness
-from relay.metrics import Counter, Gauge, Histogram, MeteredTransport, RelayMetrics, result_of
-from relay.replies import LOCAL_ERROR, QUEUED, TOO_LARGE
+from relay.ops.health import readiness
+from relay.ops.metrics import Counter, Gauge, Histogram, MeteredTransport, RelayMetrics, result_of
+from relay.smtp.replies import LOCAL_ERROR, QUEUED, TOO_LARGE
 
 
 def samples(text: str) -> dict[str, float]:

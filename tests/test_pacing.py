@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from relay.delivery import Delivery
-from relay.pacing import PacedSender, TokenBucket
+from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.sender import Delivery
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.cli import EX_CONFIG, main
-from relay.spool import Spool
+from relay.cli.main import EX_CONFIG, main
+from relay.delivery.spool import Spool
 
 
 @pytest.fixture(autouse=True)

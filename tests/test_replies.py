@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from relay import replies as r
+from relay.smtp import replies as r
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,9 @@ import random
 
 import pytest
 
-from relay.delivery import Delivery
-from relay.replies import (
+from relay.delivery.retry import Backoff, RetryingSender
+from relay.delivery.sender import Delivery
+from relay.errors import (
     RelayMisconfigured,
     UpstreamBusy,
     UpstreamRejected,
@@ -18,7 +19,6 @@ from relay.replies import (
     UpstreamUnexpected,
     UpstreamUnreachable,
 )
-from relay.retry import Backoff, RetryingSender
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from relay.auth import hash_password
+from relay.smtp.auth import hash_password
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.security_support import (
     PASSWORD,

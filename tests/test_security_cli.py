@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.auth import CredentialStore
+from relay.smtp.auth import CredentialStore
 from tests.paths import REPO
 from tests.security_support import make_certs, message
 

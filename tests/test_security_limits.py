@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from relay.log import configure
+from relay.ops.log import configure
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.security_support import (
     PASSWORD,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from relay.health import probe
+from relay.ops.health import probe
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.security_support import (
     PASSWORD,

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
-from relay.auth import Authenticator, AuthUser, CredentialStore, FailureTracker, hash_password
-from relay.config import ConfigError, load_settings, parse_networks
-from relay.limits import ConnectionLimiter
-from relay.policy import SenderPolicy, in_networks
-from relay.replies import PEER_RATE_EXCEEDED, TOO_MANY_CONNECTIONS, SenderRefused
-from relay.tls import reload, server_context
+from relay.config import load_settings, parse_networks
+from relay.errors import ConfigError, SenderRefused
+from relay.smtp.auth import Authenticator, AuthUser, CredentialStore, FailureTracker, hash_password
+from relay.smtp.limits import ConnectionLimiter
+from relay.smtp.policy import SenderPolicy, in_networks
+from relay.smtp.replies import PEER_RATE_EXCEEDED, TOO_MANY_CONNECTIONS
+from relay.smtp.tls import reload, server_context
 from tests.security_support import PASSWORD, SCANNER_PASSWORD, make_certs, write_users
 
 

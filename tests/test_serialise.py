@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from relay.handler import serialise
+from relay.translate.wire import serialise
 
 PAYLOAD: dict[str, Any] = {
     "from": {"email": "zoe@example.test", "name": "Zoë Ünïcode"},

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import FILENAME, Spool, SpoolUnavailable
+from relay.delivery.spool import FILENAME, Spool
+from relay.errors import SpoolUnavailable
 from tests.fakes import FakeTime
 
 

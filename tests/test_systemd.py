@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.systemd import Notifier
+from relay.ops.systemd import Notifier
 from tests.ops_support import relay_process
 
 

@@ -17,10 +17,10 @@ from types import ModuleType
 import httpx
 import pytest
 
-from relay import replies as r
-from relay.api import AhaSendClient
-from relay.config import ConfigError
-from relay.transport import build_transport
+from relay.delivery.api import AhaSendClient
+from relay.delivery.transport import build_transport
+from relay.errors import ConfigError
+from relay.smtp import replies as r
 
 pytest.importorskip("httpx_aiohttp")
 ACCOUNT = "7b0ef6a2-6a4c-4b1e-9d4e-2a6f0b8c1d11"

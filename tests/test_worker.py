@@ -11,18 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from relay.bounce import Bouncer
-from relay.delivery import Delivery
-from relay.log import configure
-from relay.replies import (
+from relay.delivery.bounce import Bouncer
+from relay.delivery.sender import Delivery
+from relay.delivery.spool import Spool, SpoolEntry
+from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.errors import (
     RelayError,
     UpstreamBusy,
     UpstreamRejected,
     UpstreamServerError,
     UpstreamUnreachable,
 )
-from relay.spool import Spool, SpoolEntry
-from relay.worker import SpoolWorker, WorkerPolicy
+from relay.ops.log import configure
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 
 POLICY = WorkerPolicy(retry_min=10, retry_max=100, max_age=1000, poll_interval=0.01)

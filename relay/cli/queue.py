@@ -1,0 +1,145 @@
+"""``ahasend-relay queue``: look at and act on the spool, also while the daemon runs.
+
+The commands open the same SQLite file as the daemon (WAL mode lets both work at once)
+and change it in single transactions; the worker notices within a few seconds.
+
+- ``list [--state queued|dead|delivered]``: one line per message;
+- ``show ID``: every field, and the request's subject, sender and recipients;
+- ``retry ID`` / ``retry --all``: make queued messages due now; requeue dead ones;
+- ``delete ID``: remove a message for good.
+
+Each command returns an exit status: 0 done, 1 no such message (or nothing to retry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from datetime import UTC, datetime
+from typing import TextIO
+
+from relay.delivery.spool import Spool, SpoolEntry
+
+__all__ = ["add_queue_commands", "format_entry", "run_queue_command"]
+
+EX_NOT_FOUND = 1
+
+
+def add_queue_commands(parser: argparse.ArgumentParser) -> None:
+    """The ``queue`` subcommands on ``parser`` (their handler: ``args.queue_command``)."""
+    actions = parser.add_subparsers(title="queue commands", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="list spooled messages")
+    listing.add_argument("--state", choices=("queued", "dead", "delivered"))
+    listing.set_defaults(queue_command=_list)
+    show = actions.add_parser("show", help="show one message")
+    show.add_argument("id", type=int)
+    show.set_defaults(queue_command=_show)
+    retry = actions.add_parser("retry", help="retry now (dead messages are requeued)")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", type=int, nargs="?")
+    which.add_argument("--all", action="store_true", help="every queued and dead message")
+    retry.set_defaults(queue_command=_retry)
+    delete = actions.add_parser("delete", help="remove a message for good")
+    delete.add_argument("id", type=int)
+    delete.set_defaults(queue_command=_delete)
+
+
+def run_queue_command(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+    """Run the parsed queue command against ``spool``; its exit status."""
+    status: int = args.queue_command(args, spool, max_age, out)
+    return status
+
+
+def _list(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+    entries = spool.entries(args.state)
+    now = time.time()
+    print(
+        f"{'ID':>6}  {'STATE':<9} {'AGE':>7} {'TRIES':>5}  {'NEXT':>7}  SENDER -> RECIPIENTS",
+        file=out,
+    )
+    for e in entries:
+        due = _duration(e.next_attempt - now) if e.state == "queued" else "-"
+        rcpts = ", ".join(e.rcpt_tos)
+        print(
+            f"{e.id:>6}  {e.state:<9} {_duration(now - e.created):>7} {e.attempts:>5}  "
+            f"{due:>7}  <{e.mail_from}> -> {rcpts}",
+            file=out,
+        )
+        if e.last_error:
+            print(f"{'':>8}{e.last_error}", file=out)
+    stats = spool.stats()
+    print(f"-- {stats.queued} queued, {stats.dead} dead, {stats.delivered} delivered", file=out)
+    return 0
+
+
+def _show(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+    entry = spool.get(args.id)
+    if entry is None:
+        print(f"no message with id {args.id}", file=out)
+        return EX_NOT_FOUND
+    print(format_entry(entry), file=out)
+    return 0
+
+
+def _retry(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+    changed = spool.retry(None if args.all else args.id, max_age)
+    print(f"{changed} message(s) scheduled for immediate retry", file=out)
+    return 0 if changed or args.all else EX_NOT_FOUND
+
+
+def _delete(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+    if spool.delete(args.id):
+        print(f"message {args.id} deleted", file=out)
+        return 0
+    print(f"no message with id {args.id}", file=out)
+    return EX_NOT_FOUND
+
+
+def format_entry(entry: SpoolEntry) -> str:
+    """Every field of ``entry``, one ``name: value`` per line."""
+    request = _request_summary(entry.body)
+    lines = [
+        ("id", str(entry.id)),
+        ("state", entry.state),
+        ("idempotency key", entry.idempotency_key),
+        ("envelope sender", f"<{entry.mail_from}>"),
+        ("recipients", ", ".join(entry.rcpt_tos)),
+        ("size", f"{entry.size} bytes"),
+        ("attempts", str(entry.attempts)),
+        ("created", _when(entry.created)),
+        ("updated", _when(entry.updated)),
+        ("next attempt", _when(entry.next_attempt) if entry.state == "queued" else "-"),
+        ("expires", _when(entry.expires)),
+        ("last error", entry.last_error or "-"),
+        ("message ids", ", ".join(entry.message_ids) or "-"),
+        ("bounce sent", "yes" if entry.bounced else "no"),
+        *request,
+    ]
+    return "\n".join(f"{name + ':':<17}{value}" for name, value in lines)
+
+
+def _request_summary(body: bytes | None) -> list[tuple[str, str]]:
+    if body is None:
+        return []
+    try:
+        request = json.loads(body)
+    except ValueError:
+        return [("request", "(not JSON)")]
+    sender = (request.get("from") or {}).get("email", "?")
+    to = ", ".join(str(a.get("email")) for a in request.get("to") or [])
+    return [("from", sender), ("to", to), ("subject", str(request.get("subject", "")))]
+
+
+def _when(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``5m``, ``3h``, ``2d`` (negative: due now, shown as ``now``)."""
+    if seconds <= 0:
+        return "now"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"

@@ -1,0 +1,2 @@
+"""The delivery side: API client and transports, retries, pacing, send-now-or-spool, the
+spool and its worker, bounce notices."""

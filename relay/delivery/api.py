@@ -1,0 +1,171 @@
+"""The AhaSend API v2 client: one ``httpx.AsyncClient`` per process, errors as ours.
+
+``AhaSendClient.send`` POSTs one conversation message and returns a ``Delivery``, or
+raises the ``replies.RelayError`` that the HTTP status (never the message text) calls for.
+Network failures become ``UpstreamTimeout`` / ``UpstreamUnreachable``. The transport is
+injectable, so tests and the benchmark can swap it without monkeypatching.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Final
+
+import httpx
+
+from relay import __version__
+from relay.delivery.sender import Delivery
+from relay.errors import (
+    MessageTooLarge,
+    NothingQueued,
+    RelayError,
+    RelayMisconfigured,
+    UpstreamBusy,
+    UpstreamForbidden,
+    UpstreamRejected,
+    UpstreamServerError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnexpected,
+    UpstreamUnreachable,
+)
+from relay.ops.log import get_logger
+from relay.smtp.replies import sanitize
+
+__all__ = ["MAX_CONNECTIONS", "USER_AGENT", "AhaSendClient", "error_for_status"]
+
+log = get_logger("relay.delivery.api")
+USER_AGENT: Final = f"ahasend-relay/{__version__}"
+MAX_CONNECTIONS: Final = 100
+"""Connections kept open to the API, at most (all reusable: keep-alive)."""
+_ERROR_FOR_STATUS: Final[dict[int, type[RelayError]]] = {
+    400: UpstreamRejected,
+    401: RelayMisconfigured,
+    403: UpstreamForbidden,
+    404: RelayMisconfigured,
+    409: UpstreamBusy,
+    413: MessageTooLarge,
+    422: UpstreamRejected,
+    429: UpstreamThrottled,
+}
+
+
+class AhaSendClient:
+    """Sends conversation messages for one account. Use one instance per process."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str,
+        account_id: str,
+        timeout: float = 30.0,
+        max_connections: int = MAX_CONNECTIONS,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._path = f"/v2/accounts/{account_id}/messages/conversation"
+        self._account_path = f"/v2/accounts/{account_id}"
+        self._client = httpx.AsyncClient(
+            base_url=base_url,
+            headers={
+                "Authorization": f"Bearer {api_key}",
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            },
+            timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            transport=transport,
+        )
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        """POST ``body`` (a serialised request); a Delivery on 2xx, else a RelayError."""
+        headers = {"Idempotency-Key": idempotency_key}
+        response = await self._request("POST", self._path, content=body, headers=headers)
+        return _delivery(response)
+
+    async def ping(self) -> None:
+        """GET /v2/ping: proves the key works; raises a RelayError when it does not."""
+        await self._request("GET", "/v2/ping")
+
+    async def get_account(self) -> dict[str, Any]:
+        """GET /v2/accounts/{account_id} (read-only; needs accounts:read), or a RelayError."""
+        response = await self._request("GET", self._account_path)
+        try:
+            account = response.json()
+        except ValueError:
+            return {}
+        return account if isinstance(account, dict) else {}
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; the 2xx response, or the RelayError for its status or failure."""
+        try:
+            response = await self._client.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(type(exc).__name__) from exc
+        except httpx.TransportError as exc:
+            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise error_for_status(response)
+        return response
+
+
+def error_for_status(response: httpx.Response) -> RelayError:
+    """The RelayError for a non-2xx ``response``, chosen by status code alone."""
+    status = response.status_code
+    detail = _api_message(response)
+    cls = _ERROR_FOR_STATUS.get(status)
+    if cls is None:
+        cls = UpstreamServerError if status >= 500 else UpstreamUnexpected
+    if issubclass(cls, UpstreamThrottled):
+        return cls(detail, retry_after=_retry_after(response))
+    if cls is RelayMisconfigured:
+        log.error("upstream_refused_credentials", status=status, api_message=detail)
+    return cls(detail)
+
+
+def _api_message(response: httpx.Response) -> str:
+    """The ``message`` of an ErrorResponse, or the status line when there is none."""
+    try:
+        message = response.json().get("message")
+    except (ValueError, AttributeError):
+        message = None
+    text = message if isinstance(message, str) and message else response.reason_phrase
+    return sanitize(f"{response.status_code} {text}")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if seconds >= 0 else None
+
+
+def _delivery(response: httpx.Response) -> Delivery:
+    """A Delivery from a 2xx; NothingQueued when every listed recipient failed."""
+    items = _items(response)
+    queued = tuple(str(i.get("id")) for i in items if i.get("status") != "error" and i.get("id"))
+    failures = tuple(
+        (str((i.get("recipient") or {}).get("email", "?")), sanitize(str(i.get("error") or "")))
+        for i in items
+        if i.get("status") == "error"
+    )
+    if failures and not queued:
+        raise NothingQueued("; ".join(f"{rcpt}: {why}" for rcpt, why in failures))
+    replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+    return Delivery(response.status_code, queued, failures, replayed)
+
+
+def _items(response: httpx.Response) -> list[dict[str, Any]]:
+    try:
+        data = json.loads(response.content).get("data")
+    except (ValueError, AttributeError):
+        return []
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []

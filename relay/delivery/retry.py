@@ -1,0 +1,157 @@
+"""Retries inside the SMTP transaction, so a brief API hiccup never reaches the client.
+
+``RetryingSender`` wraps any ``Sender``. A transient failure that a retry can cure (429,
+409 in progress, 5xx, timeout, connection error) is retried with exponential backoff and
+jitter, honouring ``Retry-After`` when the API sends one, always with the same
+Idempotency-Key, so AhaSend delivers at most once however many attempts reach it.
+
+Everything happens within one deadline (``RELAY_RETRY_DEADLINE``), kept well under the
+SMTP client's own timeout: each attempt is cut at the deadline, and a retry whose wait
+would overrun it is not made. The last error is then raised for the caller (the spool or
+a 4xx reply). ``stop_retrying`` (shutdown) ends every wait at once and makes each send
+raise its last error after the attempt in progress, so that a transaction still in
+flight is answered (spooled or 4xx) within the shutdown grace period.
+
+Clock, sleep and randomness are injected so tests need no real waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from relay.delivery.sender import Delivery, Sender
+from relay.errors import (
+    RelayError,
+    UpstreamServerError,
+    UpstreamThrottled,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from relay.ops.log import get_logger
+
+__all__ = ["RETRYABLE", "Backoff", "RetryingSender", "retry_after_of"]
+
+log = get_logger("relay.delivery.retry")
+
+RETRYABLE: tuple[type[RelayError], ...] = (
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamThrottled,  # includes UpstreamBusy (409 in progress)
+    UpstreamServerError,
+)
+"""Failures a later identical request can cure. 401/404 and unknown statuses are not."""
+
+Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Exponential backoff with jitter: attempt ``n`` waits ``min(cap, base * 2**n)``,
+    scaled by a random factor in [0.5, 1.0] so that clients do not retry in lockstep."""
+
+    base: float = 0.25
+    cap: float = 8.0
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
+        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
+        return ceiling * rng.uniform(0.5, 1.0)
+
+
+def retry_after_of(error: RelayError) -> float | None:
+    """The ``Retry-After`` seconds the API sent with ``error``, if any."""
+    return error.retry_after if isinstance(error, UpstreamThrottled) else None
+
+
+class _DeadlineCut(UpstreamTimeout):
+    """An attempt cut off by the retry deadline rather than by the API's own timeout."""
+
+
+class RetryingSender:
+    """A ``Sender`` that retries ``inner`` within ``deadline`` seconds per message.
+
+    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``.
+    """
+
+    def __init__(
+        self,
+        inner: Sender,
+        *,
+        deadline: float,
+        backoff: Backoff | None = None,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._backoff = backoff or Backoff()
+        self._clock = clock
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._stopping = asyncio.Event()
+
+    def stop_retrying(self) -> None:
+        """Shutdown: no more retries; waiting sends raise their last error now."""
+        self._stopping.set()
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        """Deliver ``body``, retrying transient failures; raises the last error at the end."""
+        if self._deadline <= 0:
+            return await self._inner.send(body, idempotency_key)
+        deadline = self._clock() + self._deadline
+        attempt, last = 0, None
+        while True:
+            try:
+                return await self._attempt(body, idempotency_key, deadline)
+            except _DeadlineCut as exc:
+                # Our own deadline is no news to the client: report what the API last said.
+                raise (last or exc) from exc
+            except RETRYABLE as exc:
+                last, delay = exc, self._delay(exc, attempt)
+                if self._stopping.is_set() or self._clock() + delay >= deadline:
+                    raise
+                log.info(
+                    "retrying",
+                    idempotency_key=idempotency_key,
+                    attempt=attempt + 1,
+                    error=type(exc).__name__,
+                    delay_s=round(delay, 3),
+                )
+                if not await self._pause(delay):
+                    raise
+                attempt += 1
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def _attempt(self, body: bytes, key: str, deadline: float) -> Delivery:
+        """One call of ``inner``, cut off at ``deadline``."""
+        try:
+            async with asyncio.timeout(max(deadline - self._clock(), 0.0)):
+                return await self._inner.send(body, key)
+        except TimeoutError as exc:
+            raise _DeadlineCut("retry deadline reached") from exc
+
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False when ``stop_retrying`` cut the sleep short."""
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        stopper = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeper, stopper):
+                task.cancel()
+            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+        return not self._stopping.is_set()
+
+    def _delay(self, error: RelayError, attempt: int) -> float:
+        retry_after = retry_after_of(error)
+        if retry_after is not None:
+            return retry_after
+        return self._backoff.delay(attempt, self._rng)

@@ -1,0 +1,73 @@
+"""What the handler hands a message to: the ``Sender`` protocol, its result, and dry-run.
+
+A ``Sender`` takes one serialised ``CreateConversationMessageRequest`` and its
+Idempotency-Key, and either returns a ``Delivery`` or raises a ``replies.RelayError``.
+``api.AhaSendClient`` is the real one; ``DryRunSender`` only logs what would be sent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay.ops.log import get_logger
+
+__all__ = ["Delivery", "DryRunSender", "Sender", "abbreviate"]
+
+log = get_logger("relay.dry_run")
+_SHOWN_DATA = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """AhaSend's answer to one accepted request.
+
+    ``message_ids`` are the ids of queued or scheduled recipients; ``failures`` pairs each
+    recipient AhaSend refused inside a 202 with its error text. ``spooled`` marks a request
+    the API could not take now that was written to the spool as ``spool_id`` instead.
+    """
+
+    status: int
+    message_ids: tuple[str, ...] = ()
+    failures: tuple[tuple[str, str], ...] = ()
+    replayed: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    spooled: bool = False
+    spool_id: int | None = None
+
+
+class Sender(Protocol):
+    """Delivers one request body; raises ``RelayError`` subclasses on failure."""
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery: ...
+
+    async def aclose(self) -> None: ...
+
+
+class DryRunSender:
+    """Logs the payload that would be sent (attachment data abbreviated); never networks."""
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        payload = json.loads(body)
+        log.info("dry_run", idempotency_key=idempotency_key, payload=abbreviate(payload))
+        return Delivery(status=202)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def abbreviate(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with each attachment's data cut to a prefix and its length."""
+    shown = dict(payload)
+    attachments = payload.get("attachments")
+    if attachments:
+        shown["attachments"] = [_abbreviate_attachment(a) for a in attachments]
+    return shown
+
+
+def _abbreviate_attachment(attachment: dict[str, Any]) -> dict[str, Any]:
+    data = str(attachment.get("data", ""))
+    if len(data) <= _SHOWN_DATA:
+        return attachment
+    return {**attachment, "data": f"{data[:_SHOWN_DATA]}... ({len(data)} chars)"}

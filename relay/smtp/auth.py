@@ -1,0 +1,217 @@
+"""SMTP AUTH users: the credential store, password hashing, and the failed-login tarpit.
+
+Users come from a credentials file (``RELAY_AUTH_FILE``), one user a line::
+
+    # comments and blank lines are ignored
+    scanner:$argon2id$v=19$m=65536,t=3,p=4$...
+    webapp:$2b$12$...:example.com,example.org
+
+``user:hash[:domain,domain...]`` — the optional third field limits the sender domains
+that user may send as. Hashes are argon2 (``$argon2...``) or bcrypt (``$2a$``/``$2b$``/
+``$2y$``); ``ahasend-relay hash-password`` prints one. A single user can instead come
+from ``RELAY_AUTH_USER`` / ``RELAY_AUTH_PASSWORD`` (compared in constant time).
+
+Verification is CPU- and memory-heavy by design, so ``Authenticator.verify`` runs it in a
+worker thread behind a small semaphore (a flood of AUTH attempts cannot exhaust memory
+with argon2's buffers), and answers a failure only after a per-peer delay that doubles
+with each recent failure of that peer (``asyncio.sleep``: other sessions keep flowing).
+Passwords are never logged and never kept beyond the call that checks them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+import bcrypt
+
+from relay.config import parse_domains
+from relay.errors import ConfigError
+
+__all__ = [
+    "AuthUser",
+    "Authenticator",
+    "CredentialStore",
+    "FailureTracker",
+    "hash_password",
+    "verify_hash",
+]
+
+_BCRYPT_PREFIXES = ("$2a$", "$2b$", "$2y$")
+_ARGON2_PREFIX = "$argon2"
+_BCRYPT_MAX_BYTES = 72
+
+
+@dataclass(frozen=True, slots=True)
+class AuthUser:
+    """An authenticated identity; ``sender_domains`` None means no per-user restriction."""
+
+    name: str
+    sender_domains: frozenset[str] | None = None
+
+
+def hash_password(password: str, scheme: str = "argon2") -> str:
+    """A hash of ``password`` for the credentials file (argon2id by default, or bcrypt)."""
+    if scheme == "bcrypt":
+        secret = password.encode("utf-8")
+        if len(secret) > _BCRYPT_MAX_BYTES:
+            raise ValueError("bcrypt passwords are limited to 72 bytes; use argon2")
+        return bcrypt.hashpw(secret, bcrypt.gensalt()).decode("ascii")
+    return argon2.PasswordHasher().hash(password)
+
+
+def verify_hash(encoded: str, password: bytes) -> bool:
+    """True when ``password`` matches ``encoded`` (argon2 or bcrypt); never raises."""
+    try:
+        if encoded.startswith(_ARGON2_PREFIX):
+            return argon2.PasswordHasher().verify(encoded, password)
+        if encoded.startswith(_BCRYPT_PREFIXES):
+            return len(password) <= _BCRYPT_MAX_BYTES and bcrypt.checkpw(
+                password, encoded.encode("ascii")
+            )
+    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError, ValueError):
+        return False
+    return False
+
+
+def is_supported_hash(encoded: str) -> bool:
+    return encoded.startswith((_ARGON2_PREFIX, *_BCRYPT_PREFIXES))
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    user: AuthUser
+    hash: str | None = None  # from the file
+    password: bytes | None = None  # the single RELAY_AUTH_USER
+
+
+# A hash checked for unknown users, so that a wrong user name costs as much as a wrong
+# password and response times do not reveal which user names exist.
+_DUMMY_HASH = bcrypt.hashpw(b"no such user", bcrypt.gensalt(rounds=10)).decode("ascii")
+
+
+class CredentialStore:
+    """The users that may AUTH. ``load`` re-reads the file (SIGHUP), atomically."""
+
+    def __init__(self, path: Path | None = None, single: tuple[str, str] | None = None) -> None:
+        self._path = path
+        self._single = single
+        self._entries: dict[str, _Entry] = {}
+        self.load()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def load(self) -> None:
+        """(Re)read the users; ConfigError (store unchanged) when the file is unusable."""
+        entries = dict(_read_file(self._path)) if self._path is not None else {}
+        if self._single is not None:
+            name, password = self._single
+            entries[name] = _Entry(AuthUser(name), password=password.encode("utf-8"))
+        self._entries = entries
+
+    def check(self, login: bytes, password: bytes) -> AuthUser | None:
+        """The user when ``login``/``password`` match, else None. Blocking: CPU-heavy."""
+        entry = self._entries.get(login.decode("utf-8", "replace"))
+        if entry is None:
+            verify_hash(_DUMMY_HASH, password)
+            return None
+        if entry.password is not None:
+            return entry.user if hmac.compare_digest(entry.password, password) else None
+        assert entry.hash is not None
+        return entry.user if verify_hash(entry.hash, password) else None
+
+
+def _read_file(path: Path) -> Iterable[tuple[str, _Entry]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"RELAY_AUTH_FILE: cannot read {path}: {exc}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            yield _parse_line(line.strip(), f"RELAY_AUTH_FILE {path}:{number}")
+
+
+def _parse_line(line: str, where: str) -> tuple[str, _Entry]:
+    """``user:hash[:domains]`` → (user, entry); the message never contains the hash."""
+    name, _, rest = line.partition(":")
+    encoded, _, domains = rest.partition(":")
+    if not name or not is_supported_hash(encoded):
+        raise ConfigError(f"{where}: expected user:hash[:domain,...] with a bcrypt/argon2 hash")
+    try:
+        allowed = frozenset(parse_domains(domains)) if domains.strip() else None
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return name, _Entry(AuthUser(name, allowed), hash=encoded)
+
+
+class FailureTracker:
+    """Recent failed AUTH attempts per peer address, and the delay they earn.
+
+    Each failure within ``window`` seconds doubles the delay (``base``, then twice that...,
+    at most ``ceiling``). At most ``max_peers`` addresses are remembered (oldest forgotten first),
+    so a spray of addresses cannot grow memory without bound.
+    """
+
+    def __init__(
+        self,
+        base: float,
+        *,
+        window: float = 600.0,
+        ceiling: float = 30.0,
+        max_peers: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._base, self._window, self._ceiling = base, window, ceiling
+        self._max_peers, self._clock = max_peers, clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def record(self, peer: str) -> float:
+        """Count a failure of ``peer``; the delay (seconds) to impose before answering."""
+        now = self._clock()
+        times = self._failures.pop(peer, deque())
+        times.append(now)
+        while times and times[0] <= now - self._window:
+            times.popleft()
+        self._failures[peer] = times
+        while len(self._failures) > self._max_peers:
+            self._failures.popitem(last=False)
+        return min(self._ceiling, self._base * 2 ** (len(times) - 1)) if self._base else 0.0
+
+    def recent(self, peer: str) -> int:
+        """How many failures of ``peer`` are within the window."""
+        now = self._clock()
+        return sum(1 for t in self._failures.get(peer, ()) if t > now - self._window)
+
+
+class Authenticator:
+    """Checks credentials off the event loop; slows down peers that keep failing."""
+
+    def __init__(
+        self,
+        store: CredentialStore,
+        failures: FailureTracker,
+        *,
+        concurrency: int = 4,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.store = store
+        self.failures = failures
+        self._slots = asyncio.Semaphore(concurrency)
+        self._sleep = sleep
+
+    async def verify(self, peer: str, login: bytes, password: bytes) -> AuthUser | None:
+        """The user, or None after the peer's tarpit delay has passed."""
+        async with self._slots:
+            user = await asyncio.to_thread(self.store.check, login, password)
+        if user is None:
+            delay = self.failures.record(peer)
+            if delay:
+                await self._sleep(delay)
+        return user
