@@ -181,8 +181,7 @@ def test_attachments_without_file_name_get_one_from_their_type() -> None:
 def test_inline_text_parts_are_shown_in_order_and_named_parts_are_attachments() -> None:
     payload = one("extra_text_parts.eml")
     assert payload["text_content"] == (
-        "First part is the body.\nFooter, inline text without a name.\n"
-        "first html is still a body\n"
+        "First part is the body.\nFooter, inline text without a name.\nfirst html is still a body\n"
     )
     assert payload["html_content"] == (
         '<pre style="white-space: pre-wrap">First part is the body.</pre>\n'

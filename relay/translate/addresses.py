@@ -7,7 +7,8 @@ Mailboxes (``mailboxes``)
     is bob, with the display name "alice@example.com" (a strict RFC 5322 parser gives up on
     such names and keeps the first address-like word, which sent mail to the wrong person or
     out of To). Without angle brackets the mailbox is the word with an ``@``, and a comment
-    (``bob@x (Bob)``) is its name. Display names are unquoted and RFC 2047 decoded, raw
+    (``bob@x (Bob)``) is its name. A name that only repeats the address is dropped.
+    Display names are unquoted and RFC 2047 decoded, raw
     8-bit bytes as in ``relay.translate.headers``. A source route (``<@a,@b:u@x>``) is
     dropped. Plain lists (ASCII atoms, ``Name <a@b>``) take a regex fast path (the same
     result, tested against the stdlib parser).
@@ -56,7 +57,13 @@ def mailboxes(value: str, fallback: str | None = None) -> list[Mailbox]:
     if (simple := simple_mailboxes(text)) is not None:
         return simple
     found = [_mailbox(item, fallback) for item in _items(text)]
-    return [(one_line(name), one_line(addr)) for name, addr in found if addr]
+    return [(_name(name, addr), one_line(addr)) for name, addr in found if addr]
+
+
+def _name(name: str, addr: str) -> str:
+    """The display name, one line; none when it only repeats the address."""
+    name = one_line(name)
+    return "" if name.lower() == addr.lower() else name
 
 
 def _text_of(value: str, fallback: str | None) -> str:
@@ -131,7 +138,7 @@ def _mailbox(item: str, fallback: str | None) -> Mailbox:
     """(name, address) of one mailbox text; address "" when it has none."""
     outside, angle, comments = _split(item)
     if angle is not None:
-        address = "".join(angle.rsplit(":", 1)[-1].split())
+        address = "".join(_without_comments(angle).rsplit(":", 1)[-1].split())
         return _phrase(outside or " ".join(comments), fallback), address
     words = outside.split()
     at = [i for i, word in enumerate(words) if "@" in word]
@@ -142,7 +149,7 @@ def _mailbox(item: str, fallback: str | None) -> Mailbox:
 
 
 def _split(item: str) -> tuple[str, str | None, list[str]]:
-    """(text outside angles and comments, last angle address or None, comment texts)."""
+    """(text outside angles and comments, first angle address or None, comment texts)."""
     outside: list[str] = []
     comments: list[str] = []
     angle: str | None = None
@@ -154,7 +161,7 @@ def _split(item: str) -> tuple[str, str | None, list[str]]:
             inner = item[index + 1 : end - 1 if item[end - 1 : end] == _CLOSING[char] else end]
             if char == "(":
                 comments.append(inner)
-            else:
+            elif angle is None:
                 angle = inner
             outside.append(" ")
             index = end
@@ -167,6 +174,14 @@ def _split(item: str) -> tuple[str, str | None, list[str]]:
         outside.append(char)
         index += 1
     return "".join(outside).strip(), angle, comments
+
+
+def _without_comments(text: str) -> str:
+    """``text`` with its (comments) removed: ``pete(his account)@x`` is ``pete@x``."""
+    if "(" not in text:
+        return text
+    outside, _, _ = _split(text)
+    return outside
 
 
 def _phrase(text: str, fallback: str | None) -> str:

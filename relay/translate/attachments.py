@@ -202,7 +202,10 @@ def _agrees(body: bytes, parsed: list[Message]) -> bool:
     if first is None:
         return True
     name, value = first
-    head = body.lstrip()[: len(name) + 1].lower()
+    start = body.lstrip()
+    if start.startswith(b"From ") and parsed[0].get_unixfrom():
+        start = start.split(b"\n", 1)[-1]  # the mbox line the parser keeps aside
+    head = start[: len(name) + 1].lower()
     return head == f"{name}:".lower().encode() and raw_bytes(str(value))[:20] in body[:4096]
 
 
@@ -229,4 +232,3 @@ def _safe_name(text: str) -> str:
     """``text`` usable as a file name: no path or reserved characters, at most 100 chars."""
     name = " ".join(_UNSAFE_NAME.sub("_", text).split()).strip(" .")
     return name[:_MAX_NAME].rstrip(" .")
-

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from functools import lru_cache
 from typing import Final
 
-__all__ = ["WHATWG_LABELS", "codec_for", "decode_text"]
+__all__ = ["WHATWG_LABELS", "codec_for", "decode_text", "refused"]
 
 WHATWG_LABELS: Final[dict[str, str]] = {
     "utf-8": "unicode-1-1-utf-8 unicode11utf8 unicode20utf8 utf-8 utf8 x-unicode20utf8",
@@ -115,7 +115,6 @@ _CODEC: Final = {
 """Python's codec for a WHATWG encoding whose name Python does not know as it is."""
 
 
-
 def _python_name(encoding: str) -> str:
     """The canonical Python codec name for WHATWG ``encoding``."""
     codec = _CODEC.get(encoding, encoding.replace("windows-", "cp"))
@@ -153,6 +152,14 @@ def codec_for(label: str | None) -> str | None:
     if name in _NOT_MAIL or not _is_text_codec(name):
         return None
     return _LABEL_CODEC.get(name, _LABEL_CODEC.get(name.replace("_", "-"), name))
+
+
+def refused(label: str) -> bool:
+    """Whether ``label`` names a codec that is no mail charset (punycode, escapes...)."""
+    try:
+        return codecs.lookup(label.strip().lower()).name in _NOT_MAIL
+    except (LookupError, ValueError):
+        return False
 
 
 def _is_text_codec(name: str) -> bool:

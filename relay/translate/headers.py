@@ -8,10 +8,11 @@ Text (``decode_text_header``)
     word folded in the middle, as Python's own generator does) comes out whole. Encoded
     text may hold raw 8-bit bytes; ``B`` words are base64-decoded leniently; ``Q`` words
     take ``_`` for a space. A word's charset maps as a body charset does
-    (``relay.translate.charsets``); a word whose charset is unknown or no mail charset
-    (punycode...) is shown as it is. Raw 8-bit bytes outside encoded words are UTF-8 when
-    valid, else the message's own charset (its first declared text charset), else
-    windows-1252. The result is one line: control characters become spaces; stripped.
+    (``relay.translate.charsets``; an unknown one reads as UTF-8, else windows-1252); a
+    word whose charset is no mail charset (punycode, escape codecs) is shown as it is.
+    Raw 8-bit bytes outside encoded words are UTF-8 when valid, else the message's own
+    charset (its first declared text charset), else windows-1252. The result is one line:
+    control characters become spaces; stripped.
 
 Forwarded headers (``forwarded``)
     By allow-list (``_FORWARDED``): In-Reply-To, References, List-*, Auto-Submitted,
@@ -29,7 +30,7 @@ from collections.abc import Iterable
 from email.message import Message
 from typing import Final
 
-from relay.translate.charsets import codec_for, decode_text
+from relay.translate.charsets import decode_text, refused
 from relay.translate.transfer import b64decode_lenient
 
 __all__ = ["Headers", "decode_text_header", "forwarded", "one_line", "raw_bytes", "scrub"]
@@ -118,7 +119,7 @@ def _decoded_pieces(data: bytes, fallback: str | None) -> Iterable[str]:
     for match in _WORD.finditer(data):
         between = data[position : match.start()]
         charset = match.group(1).split(b"*", 1)[0].decode("ascii", "replace").lower()
-        decodable = codec_for(charset) is not None
+        decodable = not refused(charset)
         if not (decodable and words.open and _SPACE.fullmatch(between)):
             yield from words.flush()
             yield _plain(between, fallback)

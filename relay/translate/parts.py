@@ -1,8 +1,10 @@
 """The body a mail client shows, and the files it lists, from a parsed MIME tree.
 
 Bodies
-    Text/plain and text/html leaves that are not attachments (no ``Content-Disposition:
-    attachment``, no file name) are body text, decoded with their charset
+    Text/plain and text/html leaves shown inline are body text: ``Content-Disposition:
+    inline`` (RFC 2183: displayed automatically, even with a file name), or no (or an
+    unknown) disposition and no file name (a named part without a disposition is a file,
+    as most clients show it), decoded with their charset
     (``relay.translate.charsets``), line ends as ``\\n``. Structure decides how they add up:
 
     - ``multipart/alternative``: one representation: the HTML of the last alternative that
@@ -166,7 +168,8 @@ class Content:
 
     def _leaf(self, part: Message, ctype: str, path: tuple[int, ...], related: bool) -> Piece:
         """A leaf: body text when it is inline text, else a file (module doc)."""
-        inline = disposition(part) != "attachment" and not file_name(part)
+        kind = disposition(part)
+        inline = kind == "inline" or (kind != "attachment" and not file_name(part))
         if ctype in _PKCS7_MIME and disposition(part) != "attachment":
             raise MessageEncrypted(f"S/MIME {_smime_kind(part)} ({ctype})")
         if inline and ctype in ("text/plain", "text/html"):
@@ -218,7 +221,8 @@ def _joined(pieces: list[Piece]) -> Piece:
     shown = [p for p in pieces if p.text is not None or p.html is not None]
     if len(shown) == 1:
         return shown[0]
-    text = _join_text([p.text if p.text is not None else _html_text(p.html) for p in shown])
+    texts = [p.text if p.text is not None else _html_text(p.html) for p in shown]
+    text = _join_text(texts) if any(p.text is not None for p in shown) else None
     if all(p.html is None for p in shown):
         return Piece(text=text)
     return Piece(text=text, html="\n".join(p.html or _preformatted(p.text) for p in shown))

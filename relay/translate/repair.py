@@ -3,21 +3,25 @@
 Before parsing (``mend_raw``), on the top-level header block only:
 
 - a UTF-8 byte-order mark before the headers (Outlook exports, some PHP scripts) is
-  removed; the stdlib would take the first header for body text and lose the rest;
+  removed, and so are blanks before the first header; the stdlib would take the first
+  header for body text and lose the rest;
 - a junk line inside the header block (no ``Name:`` and not a continuation line) that is
   followed by more header lines up to the blank line is dropped, so the headers after it
   are kept (the stdlib ends the headers at such a line and sends them as body text);
-  ``Subject : x`` (space before the colon) is read as ``Subject: x``. When the line is
-  followed by non-header text the block really ends there (a message without the blank
-  line): nothing changes.
+  ``Subject : x`` (space before the colon) is read as ``Subject: x``, and a line after
+  one that ends with ``;`` as the parameter whose indent was lost (``name="a.zip"``).
+  When the line is followed by non-header text the block really ends there (a message
+  without the blank line): nothing changes.
 
 After parsing (``mend_tree``): a multipart whose boundary the stdlib could not read
 (``boundary=----=_NextPart_000`` unquoted, with characters a token may not hold) is parsed
-again with the boundary as written, when the body holds that delimiter.
+again with the boundary as written, when the body holds that delimiter; a part whose header
+block the stdlib cut short at such a line is parsed again with its block mended as above.
 """
 
 from __future__ import annotations
 
+import email.errors
 import re
 from email.message import Message
 from typing import Final
@@ -39,40 +43,53 @@ def mend_raw(raw: bytes) -> bytes:
     """``raw`` with a leading BOM removed and its header block mended (module doc)."""
     if raw.startswith(_BOM):
         raw = raw[len(_BOM) :]
+    if raw[:1] in (b" ", b"\t") and _FIELD.match(raw.lstrip(b" \t")):
+        raw = raw.lstrip(b" \t")  # " From: ..." on the first line
     lines = _LINE.findall(raw[:_HEADER_SCAN])
-    for index, line in enumerate(lines):
-        if not line or _BLANK.fullmatch(line):
+    for line in lines:
+        kind = _kind(line)
+        if kind == "end":
             return raw  # the usual case: every header line was a header line
-        if not _FIELD.match(line):
-            return _mended(raw, lines, index)
+        if kind != "field":
+            return _mended(raw, lines)
     return raw
 
 
-def _mended(raw: bytes, lines: list[bytes], first: int) -> bytes:
+def _kind(line: bytes) -> str:
+    """What a header-block line is: ``end`` (blank), ``field``, ``spaced`` or ``junk``."""
+    if not line or _BLANK.fullmatch(line):
+        return "end"
+    if _SPACED_FIELD.match(line):
+        return "spaced"
+    return "field" if _FIELD.match(line) else "junk"
+
+
+def _mended(raw: bytes, lines: list[bytes]) -> bytes:
     """``raw`` with its header block rebuilt from ``lines``, junk lines dropped.
 
-    Unchanged unless every line from ``first`` to the blank line is a header line, a
-    spaced field name (``Subject :``) or junk that more header lines follow.
+    Unchanged unless the block ends with a blank line and each junk line in it is followed
+    by a header line (else the junk is body text: the header block really ends there).
     """
-    kept, end = list(lines[:first]), None
-    for index in range(first, len(lines)):
-        line = lines[index]
-        if not line or _BLANK.fullmatch(line):
-            end = index
-            break
-        if _FIELD.match(line):
-            kept.append(line)
-        elif spaced := _SPACED_FIELD.match(line):
+    kept: list[bytes] = []
+    for index, line in enumerate(lines):
+        kind = _kind(line)
+        if kind == "end":
+            return b"".join(kept) + raw[sum(map(len, lines[:index])) :]
+        if kind == "spaced":
+            spaced = _SPACED_FIELD.match(line)
+            assert spaced is not None
             kept.append(spaced.group(1) + b":" + line[spaced.end() :])
-        elif not _FIELD.match(lines[index + 1] if index + 1 < len(lines) else b""):
-            return raw  # body text: the header block really ends here
-    if end is None:
-        return raw
-    return b"".join(kept) + raw[sum(map(len, lines[:end])) :]
+        elif kind == "field":
+            kept.append(line)
+        elif kept and kept[-1].rstrip().endswith(b";"):
+            kept.append(b" " + line)  # a parameter whose folding lost its indent
+        elif index + 1 >= len(lines) or _kind(lines[index + 1]) in ("end", "junk"):
+            return raw
+    return raw
 
 
 def mend_tree(msg: Message) -> None:
-    """Re-parse, in place, every multipart whose boundary the stdlib misread (module doc)."""
+    """Mend, in place, parts the stdlib misread (module doc)."""
     stack = [msg]
     while stack:
         part = stack.pop()
@@ -81,7 +98,24 @@ def mend_tree(msg: Message) -> None:
         if not part.is_multipart():
             _reparse(part)
         if part.is_multipart():
-            stack.extend(p for p in raw_payload(part) if isinstance(p, Message))
+            children = raw_payload(part)
+            for index, child in enumerate(children):
+                if isinstance(child, Message):
+                    children[index] = _mended_part(child)
+            stack.extend(p for p in children if isinstance(p, Message))
+
+
+def _mended_part(part: Message) -> Message:
+    """``part`` parsed again with its header block mended, when the stdlib cut it short."""
+    body = raw_payload(part)
+    if not isinstance(body, str) or not any(
+        isinstance(d, email.errors.MissingHeaderBodySeparatorDefect) for d in part.defects
+    ):
+        return part
+    head = "".join(f"{name}: {value}\r\n" for name, value in part.raw_items())
+    raw = (head + body).encode("utf-8", "surrogateescape")
+    mended = mend_raw(raw)
+    return part if mended == raw else feed(mended)
 
 
 def _reparse(part: Message) -> None:
@@ -98,4 +132,3 @@ def _reparse(part: Message) -> None:
     if fixed.is_multipart():
         part.set_payload(raw_payload(fixed))
         part.set_param("boundary", written)
-

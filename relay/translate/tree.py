@@ -82,12 +82,19 @@ def raw_header(part: Message, name: str) -> str:
 
 
 def content_type(part: Message) -> str:
-    """The part's ``type/subtype`` (lower case); application/octet-stream if unreadable."""
+    """The part's ``type/subtype`` (lower case); application/octet-stream if unreadable.
+
+    When the stdlib finds the value invalid (``application/pdf name=a.pdf``, a ``;``
+    missing), the ``type/subtype`` it starts with counts.
+    """
     try:
         ctype = part.get_content_type()
     except PARSE_ERRORS:
-        return "application/octet-stream"
-    return ctype if _CONTENT_TYPE.fullmatch(ctype) else "application/octet-stream"
+        ctype = ""
+    if _CONTENT_TYPE.fullmatch(ctype):
+        return ctype
+    written = _CONTENT_TYPE.match(raw_header(part, "content-type").lower())
+    return written.group() if written else "application/octet-stream"
 
 
 def disposition(part: Message) -> str | None:

@@ -82,4 +82,3 @@ def _children(body: bytes, boundary: str | None) -> list[bytes]:
     if start is not None:
         children.append(body[start:])
     return children
-
