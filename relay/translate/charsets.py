@@ -14,7 +14,8 @@ Escape, IDNA and binary codecs are no mail charsets: such a label counts as unkn
 be decoded (U+FFFD; C1 controls for the undefined bytes of windows-125x, as browsers do). It
 falls back to another charset only when the declared one is clearly wrong for the text:
 
-- no label, an unknown one: UTF-8 if the bytes are valid UTF-8, else windows-1252;
+- no label, an unknown one: UTF-8 when most non-ASCII sequences are valid UTF-8 (the
+  others replaced), else windows-1252;
 - a single-byte label on bytes that are valid UTF-8 with non-ASCII characters (UTF-8 text
   mislabelled by its sender; real single-byte text is almost never valid UTF-8): UTF-8;
 - UTF-8 on bytes most of whose non-ASCII sequences are invalid UTF-8: windows-1252;
@@ -229,9 +230,11 @@ def _utf8_strict(data: bytes) -> str | None:
 
 
 def _utf8_or_1252(data: bytes) -> str:
-    """Unlabelled text: UTF-8 when valid, else windows-1252 (the western default)."""
+    """Unlabelled text: UTF-8 when mostly valid UTF-8, else windows-1252 (western default)."""
     text = _utf8_strict(data)
-    return text if text is not None else _decode(data, "cp1252")
+    if text is not None:
+        return text
+    return data.decode("utf-8", "replace") if _mostly_utf8(data) else _decode(data, "cp1252")
 
 
 _VALID_UTF8_SEQUENCE: Final = re.compile(
