@@ -38,7 +38,7 @@ from relay.delivery.dispatch import Dispatcher, SpoolPolicy
 from relay.delivery.pacing import PacedSender, TokenBucket
 from relay.delivery.retry import RetryingSender
 from relay.delivery.sender import DryRunSender, Sender
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.delivery.transport import build_transport
 from relay.delivery.worker import SpoolWorker, WorkerPolicy
 from relay.errors import ConfigError
@@ -87,15 +87,19 @@ def _metered_transport(
 class RelayServer:
     """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
 
-    def __init__(
-        self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.spool: SpoolBackend | None = (
+            SqliteSpool(settings.relay_spool_dir) if settings.relay_spool_dir else None
+        )
+        self._sessions: set[TrackedSMTP] = set()
+        self.metrics = RelayMetrics(
+            sessions_open=lambda: len(self._sessions),
+            spool_stats=self.spool.stats if self.spool is not None else None,
+        )
         self.guard = Guard.from_settings(settings)
         self.guard.on_auth_failure = self.metrics.auth_failures.inc
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
-        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
         paced = _paced(self.sender, settings)
         self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
         self.handler = RelayHandler(
@@ -110,12 +114,8 @@ class RelayServer:
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[TrackedSMTP] = set()
         self._draining = False
-        self.metrics.sessions_open.func = lambda: len(self._sessions)
         self.admin = _admin_server(settings, self.metrics, self.readiness)
-        if self.spool is not None:
-            _report_spool(self.metrics, self.spool)
 
     @property
     def port(self) -> int:
@@ -196,7 +196,7 @@ class RelayServer:
         if self.admin is not None:
             await self.admin.stop()
         if self.spool is not None:
-            self.spool.close()
+            await self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
     def _close_listeners(self) -> None:
@@ -250,25 +250,8 @@ def _admin_server(
         return None
     return AdminServer(
         settings.relay_metrics_host, settings.relay_metrics_port,
-        render=metrics.render, ready=ready,
+        render=metrics.render, ready=ready, refresh=metrics.refresh,
     )  # fmt: skip
-
-
-def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
-    """Spool depth, oldest age and health, read from the spool at scrape time."""
-
-    def healthy() -> bool:
-        try:
-            spool.stats()
-        except Exception:  # a spool that cannot answer a query cannot take mail either
-            return False
-        return True
-
-    metrics.register_spool(
-        depth=lambda: spool.stats().queued,
-        oldest_age=lambda: spool.stats().oldest_age,
-        healthy=healthy,
-    )
 
 
 def _paced(sender: Sender, settings: Settings) -> PacedSender:
@@ -282,17 +265,26 @@ def _spool_policy(settings: Settings) -> SpoolPolicy:
     )
 
 
-def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
+def _worker(spool: SpoolBackend, sender: Sender, settings: Settings) -> SpoolWorker:
     policy = WorkerPolicy(
         retry_min=settings.relay_spool_retry_min,
         retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
         max_age=settings.relay_spool_max_age,
         poll_interval=min(1.0, settings.relay_spool_retry_min),
+        lease=_lease(settings, WorkerPolicy().batch),
     )
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
         bouncer = Bouncer(sender, settings.relay_bounce_from)
     return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+
+
+def _lease(settings: Settings, batch: int) -> float:
+    """A claim that outlasts one worker round: every send of the batch timing out in turn
+    (``batch / concurrency`` waves of the API timeout), the pacing of the whole batch, and a
+    minute to spare."""
+    waves = -(-batch // settings.relay_api_concurrency)
+    return waves * settings.ahasend_api_timeout + batch / settings.relay_api_rate + 60.0
 
 
 def _handshake_timeout(settings: Settings) -> float:

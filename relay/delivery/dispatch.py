@@ -11,12 +11,11 @@ answer 250 only once nothing acknowledged can be lost. Requests the API took sta
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from relay.delivery.sender import Delivery, Sender
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SpoolBackend
 from relay.errors import InternalError, TransientError
 from relay.ops.log import get_logger
 
@@ -37,7 +36,7 @@ class Dispatcher:
     """Sends through ``sender``; spools transient failures when ``spool`` is given."""
 
     def __init__(
-        self, sender: Sender, spool: Spool | None = None, policy: SpoolPolicy | None = None
+        self, sender: Sender, spool: SpoolBackend | None = None, policy: SpoolPolicy | None = None
     ) -> None:
         self._sender = sender
         self._spool = spool
@@ -72,8 +71,7 @@ class Dispatcher:
         assert self._spool is not None
         error = f"{type(why).__name__}: {why.detail}".rstrip(": ")
         try:
-            spool_id = await asyncio.to_thread(
-                self._spool.add,
+            spool_id = await self._spool.add(
                 body,
                 key,
                 mail_from=mail_from,

@@ -1,7 +1,8 @@
 """The spool worker: a background loop that delivers spooled messages.
 
-Each round takes the due entries (oldest first, a batch at a time) and sends each with
-its own stable Idempotency-Key through the paced sender (one attempt per round; the
+Each round claims the due entries (oldest first, a batch at a time, each for ``lease``
+seconds: no other worker gets them meanwhile) and sends each with its own stable
+Idempotency-Key through the paced sender (one attempt per round; the
 spacing between rounds is the backoff). Outcomes:
 
 - accepted (202, replayed or not) → ``delivered`` (recipients the API refused inside
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from relay.delivery.bounce import Bouncer
 from relay.delivery.retry import retry_after_of
 from relay.delivery.sender import Delivery, Sender
-from relay.delivery.spool import Spool, SpoolEntry, SpoolStats
+from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
 from relay.errors import PermanentError, RelayError, TransientError
 from relay.ops.log import get_logger
 
@@ -54,6 +55,8 @@ class WorkerPolicy:
     poll_interval: float = 1.0
     """Longest sleep between rounds (so ``queue retry`` takes effect soon)."""
     batch: int = 100
+    lease: float = 300.0
+    """How long a round's claim on its entries lasts: longer than the round can take."""
 
     def next_delay(self, attempts: int, rng: random.Random) -> float:
         """Backoff after ``attempts`` failed attempts: doubling, capped, ±20 % jitter."""
@@ -66,7 +69,7 @@ class SpoolWorker:
 
     def __init__(
         self,
-        spool: Spool,
+        spool: SpoolBackend,
         sender: Sender,
         policy: WorkerPolicy,
         *,
@@ -85,7 +88,7 @@ class SpoolWorker:
 
     async def run(self) -> None:
         """Deliver rounds until ``stop`` is called; a failing round is logged, not fatal."""
-        log.info("worker_started", spool=str(self._spool.path))
+        log.info("worker_started", spool=self._spool.location)
         while not self._stopping.is_set():
             try:
                 await self.run_once()
@@ -100,7 +103,7 @@ class SpoolWorker:
 
     async def run_once(self) -> int:
         """One round over the due entries; how many were attempted."""
-        entries = await asyncio.to_thread(self._spool.due, self._policy.batch)
+        entries = await self._spool.claim(self._policy.batch, self._policy.lease)
         await asyncio.gather(*(self._deliver(entry) for entry in entries))
         await self._log_status(bool(entries))
         return len(entries)
@@ -119,7 +122,7 @@ class SpoolWorker:
     async def _delivered(self, entry: SpoolEntry, delivery: Delivery) -> None:
         refused = "; ".join(f"{rcpt}: {why}" for rcpt, why in delivery.failures)
         note = f"recipients refused by the API: {refused}" if refused else None
-        await asyncio.to_thread(self._spool.mark_delivered, entry.id, delivery.message_ids, note)
+        await self._spool.mark_delivered(entry.id, delivery.message_ids, note)
         log.info(
             "spool_delivered",
             spool_id=entry.id,
@@ -142,7 +145,7 @@ class SpoolWorker:
             return
         delay = self._policy.next_delay(entry.attempts + 1, self._rng)
         delay = max(delay, retry_after_of(error) or 0.0)
-        await asyncio.to_thread(self._spool.defer, entry.id, reason, now + delay)
+        await self._spool.defer(entry.id, reason, now + delay)
         log.info(
             "spool_deferred",
             spool_id=entry.id,
@@ -152,7 +155,7 @@ class SpoolWorker:
         )
 
     async def _give_up(self, entry: SpoolEntry, reason: str, *, attempted: bool) -> None:
-        await asyncio.to_thread(self._spool.kill, entry.id, reason, attempted=attempted)
+        await self._spool.kill(entry.id, reason, attempted=attempted)
         log.warning(
             "spool_dead",
             spool_id=entry.id,
@@ -172,12 +175,12 @@ class SpoolWorker:
                 "bounce_failed", spool_id=entry.id, error=type(exc).__name__, detail=exc.detail
             )
             return
-        await asyncio.to_thread(self._spool.mark_bounced, entry.id)
+        await self._spool.mark_bounced(entry.id)
         log.info("bounce_sent", spool_id=entry.id, to=entry.mail_from)
 
     async def _pause(self) -> None:
         """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``."""
-        next_due = await asyncio.to_thread(self._spool.next_due)
+        next_due = await self._spool.next_due()
         wait = self._policy.poll_interval
         if next_due is not None:
             wait = min(wait, max(next_due - self._clock(), 0.0))
@@ -188,11 +191,11 @@ class SpoolWorker:
         now = self._clock()
         if not worked and now - self._last_status < STATUS_INTERVAL:
             return
-        stats = await asyncio.to_thread(self._spool.stats)
+        stats = await self._spool.stats()
         if not _status_due(worked, now - self._last_status, stats):
             return
         self._last_status = now
-        await asyncio.to_thread(self._spool.purge_delivered, now - self._policy.max_age)
+        await self._spool.purge_delivered(now - self._policy.max_age)
         log.info(
             "spool",
             depth=stats.queued,
