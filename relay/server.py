@@ -34,13 +34,14 @@ from relay import __version__
 from relay.config import Settings
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
-from relay.delivery.dispatch import Dispatcher, SpoolPolicy
+from relay.delivery.dispatch import Dispatcher
 from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
 from relay.delivery.sender import DryRunSender, Sender
 from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.delivery.transport import build_transport
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.worker import SpoolWorker
 from relay.errors import ConfigError
 from relay.ops.admin import AdminServer, Readiness
 from relay.ops.health import readiness
@@ -108,7 +109,7 @@ class RelayServer:
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
-            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
+            dispatcher=Dispatcher(front, self.spool, SpoolPolicy.from_settings(settings)),
         )
         self.worker = _worker(self.spool, paced, settings) if self.spool else None
         self._worker_task: asyncio.Task[None] | None = None
@@ -259,32 +260,12 @@ def _paced(sender: Sender, settings: Settings) -> PacedSender:
     return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
 
 
-def _spool_policy(settings: Settings) -> SpoolPolicy:
-    return SpoolPolicy(
-        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
-    )
-
-
 def _worker(spool: SpoolBackend, sender: Sender, settings: Settings) -> SpoolWorker:
-    policy = WorkerPolicy(
-        retry_min=settings.relay_spool_retry_min,
-        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
-        max_age=settings.relay_spool_max_age,
-        poll_interval=min(1.0, settings.relay_spool_retry_min),
-        lease=_lease(settings, WorkerPolicy().batch),
-    )
+    policy = SpoolPolicy.from_settings(settings)
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
         bouncer = Bouncer(sender, settings.relay_bounce_from)
     return SpoolWorker(spool, sender, policy, bouncer=bouncer)
-
-
-def _lease(settings: Settings, batch: int) -> float:
-    """A claim that outlasts one worker round: every send of the batch timing out in turn
-    (``batch / concurrency`` waves of the API timeout), the pacing of the whole batch, and a
-    minute to spare."""
-    waves = -(-batch // settings.relay_api_concurrency)
-    return waves * settings.ahasend_api_timeout + batch / settings.relay_api_rate + 60.0
 
 
 def _handshake_timeout(settings: Settings) -> float:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.dispatch import Dispatcher, SpoolPolicy
+from relay.delivery.dispatch import Dispatcher
+from relay.delivery.policy import Backoff, SpoolPolicy
 from relay.delivery.spool import SqliteSpool
 from relay.errors import InternalError, UpstreamRejected, UpstreamServerError
 from tests.fakes import ACCEPTED, ScriptedSender
@@ -30,7 +31,7 @@ async def test_permanent_errors_are_never_spooled(tmp_path: Path) -> None:
 async def test_the_failed_request_and_the_rest_are_spooled(tmp_path: Path) -> None:
     spool = SqliteSpool(tmp_path)
     sender = ScriptedSender([ACCEPTED, UpstreamServerError("503"), ACCEPTED])
-    dispatcher = Dispatcher(sender, spool, SpoolPolicy(first_retry=5, max_age=50))
+    dispatcher = Dispatcher(sender, spool, SpoolPolicy(backoff=Backoff(base=5, cap=5), max_age=50))
     deliveries = await dispatcher.send_all(
         [b"1", b"2", b"3"], ["k0", "k1", "k2"], "a@x.org", ["b@y.org"]
     )

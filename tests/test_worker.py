@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from relay.delivery.bounce import Bouncer
+from relay.delivery.policy import Backoff, SpoolPolicy
 from relay.delivery.sender import Delivery
 from relay.delivery.spool import SpoolEntry, SqliteSpool
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.worker import SpoolWorker
 from relay.errors import (
     RelayError,
     UpstreamBusy,
@@ -26,7 +27,11 @@ from relay.errors import (
 from relay.ops.log import configure
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 
-POLICY = WorkerPolicy(retry_min=10, retry_max=100, max_age=1000, poll_interval=0.01)
+POLICY = SpoolPolicy(
+    backoff=Backoff(base=10, cap=100, jitter=(0.8, 1.2), retry_after="floor"),
+    max_age=1000,
+    poll_interval=0.01,
+)
 
 
 @pytest.fixture

@@ -12,24 +12,16 @@ answer 250 only once nothing acknowledged can be lost. Requests the API took sta
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from relay.delivery.policy import SpoolPolicy
 from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import SpoolBackend
 from relay.errors import InternalError, TransientError
 from relay.ops.log import get_logger
 
-__all__ = ["Dispatcher", "SpoolPolicy"]
+__all__ = ["Dispatcher"]
 
 log = get_logger("relay.delivery.dispatch")
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolPolicy:
-    """Timing given to newly spooled requests (seconds)."""
-
-    first_retry: float = 30.0
-    max_age: float = 5 * 86400.0
 
 
 class Dispatcher:

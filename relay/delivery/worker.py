@@ -8,9 +8,10 @@ spacing between rounds is the backoff). Outcomes:
 - accepted (202, replayed or not) → ``delivered`` (recipients the API refused inside
   the 202 are logged and noted on the record);
 - permanent rejection → ``dead`` with the API's reason, and a bounce notice if enabled;
-- transient failure → attempt counted, next attempt after exponential backoff with
-  jitter between ``RELAY_SPOOL_RETRY_MIN`` and ``RELAY_SPOOL_RETRY_MAX`` (never sooner
-  than the API's ``Retry-After``); past ``RELAY_SPOOL_MAX_AGE`` → ``dead`` ("expired").
+- transient failure → attempt counted, next attempt after the policy's backoff
+  (``relay.delivery.policy.SpoolPolicy``: exponential with jitter between
+  ``RELAY_SPOOL_RETRY_MIN`` and ``RELAY_SPOOL_RETRY_MAX``, never sooner than the API's
+  ``Retry-After``); past ``RELAY_SPOOL_MAX_AGE`` → ``dead`` ("expired").
 
 The spool row is updated only after the API answered. A crash in between leaves the row
 queued, and the resend after restart carries the same key, so AhaSend replays its stored
@@ -29,39 +30,19 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from relay.delivery.bounce import Bouncer
-from relay.delivery.retry import retry_after_of
+from relay.delivery.policy import SpoolPolicy, retry_after_of
 from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
 from relay.errors import PermanentError, RelayError, TransientError
 from relay.ops.log import get_logger
 
-__all__ = ["SpoolWorker", "WorkerPolicy"]
+__all__ = ["SpoolWorker"]
 
 log = get_logger("relay.delivery.worker")
 STATUS_INTERVAL = 60.0
 STATUS_MIN_INTERVAL = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerPolicy:
-    """When to retry and when to give up (seconds)."""
-
-    retry_min: float = 30.0
-    retry_max: float = 900.0
-    max_age: float = 5 * 86400.0
-    poll_interval: float = 1.0
-    """Longest sleep between rounds (so ``queue retry`` takes effect soon)."""
-    batch: int = 100
-    lease: float = 300.0
-    """How long a round's claim on its entries lasts: longer than the round can take."""
-
-    def next_delay(self, attempts: int, rng: random.Random) -> float:
-        """Backoff after ``attempts`` failed attempts: doubling, capped, ±20 % jitter."""
-        base = min(self.retry_max, self.retry_min * 2.0 ** min(attempts - 1, 32))
-        return base * rng.uniform(0.8, 1.2)
 
 
 class SpoolWorker:
@@ -71,7 +52,7 @@ class SpoolWorker:
         self,
         spool: SpoolBackend,
         sender: Sender,
-        policy: WorkerPolicy,
+        policy: SpoolPolicy,
         *,
         bouncer: Bouncer | None = None,
         clock: Callable[[], float] = time.time,
@@ -143,8 +124,7 @@ class SpoolWorker:
                 attempted=True,
             )
             return
-        delay = self._policy.next_delay(entry.attempts + 1, self._rng)
-        delay = max(delay, retry_after_of(error) or 0.0)
+        delay = self._policy.backoff.delay(entry.attempts + 1, self._rng, retry_after_of(error))
         await self._spool.defer(entry.id, reason, now + delay)
         log.info(
             "spool_deferred",

@@ -16,7 +16,7 @@ Claims (leases): a worker takes due entries with ``claim(limit, lease)``. Until
 entry, whichever process or host asks; ``mark_delivered``, ``defer`` and ``kill`` end the
 claim. A worker that dies while holding claims needs no clean-up: its entries become due
 again when their lease ends. The lease is therefore sized to outlast one delivery round
-(the worker's ``lease``); should a worker still answer after its lease ended, its
+(``relay.delivery.policy.SpoolPolicy.lease``); should a worker still answer after its lease ended, its
 outcome is applied anyway (last write wins), which is safe because every resend carries
 the entry's Idempotency-Key and AhaSend replays its first answer.
 
