@@ -38,6 +38,7 @@ from relay.delivery.dispatch import Dispatcher
 from relay.delivery.pacing import PacedSender, TokenBucket
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
+from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
 from relay.delivery.sender import DryRunSender, Sender
 from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.delivery.transport import build_transport
@@ -101,17 +102,16 @@ class RelayServer:
         self.guard = Guard.from_settings(settings)
         self.guard.on_auth_failure = self.metrics.auth_failures.inc
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
-        paced = _paced(self.sender, settings)
-        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
+        self._stop_retrying = asyncio.Event()
+        self.router = SingleRouter(default_route(settings, self.sender, self._stop_retrying))
         self.handler = RelayHandler(
-            front,
+            Dispatcher(self.router, self.spool, SpoolPolicy.from_settings(settings)),
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
-            dispatcher=Dispatcher(front, self.spool, SpoolPolicy.from_settings(settings)),
         )
-        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self.worker = _worker(self.spool, self.router, settings) if self.spool else None
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
@@ -152,7 +152,7 @@ class RelayServer:
                 await self.admin.start()
             except OSError:
                 self._close_listeners()
-                await self.sender.aclose()
+                await self.router.aclose()
                 raise
         if self.worker is not None:
             self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
@@ -185,7 +185,7 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         ends = loop.time() + grace
         self._draining = True
-        self._front.stop_retrying()
+        self._stop_retrying.set()
         if self.worker is not None:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
@@ -193,7 +193,7 @@ class RelayServer:
         abandoned = await finish_sessions(self._sessions, grace)
         self._close_listeners()
         await self._stop_worker(max(ends - loop.time(), 0.0))
-        await self.sender.aclose()
+        await self.router.aclose()
         if self.admin is not None:
             await self.admin.stop()
         if self.spool is not None:
@@ -255,17 +255,21 @@ def _admin_server(
     )  # fmt: skip
 
 
-def _paced(sender: Sender, settings: Settings) -> PacedSender:
+def default_route(settings: Settings, client: Sender, stopping: asyncio.Event) -> Route:
+    """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY."""
     bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
-    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
+    paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
+    retrying = RetryingSender(paced, deadline=settings.relay_retry_deadline, stopping=stopping)
+    account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
+    return Route(DEFAULT_ROUTE, account, sender=paced, retrying=retrying)
 
 
-def _worker(spool: SpoolBackend, sender: Sender, settings: Settings) -> SpoolWorker:
+def _worker(spool: SpoolBackend, router: Router, settings: Settings) -> SpoolWorker:
     policy = SpoolPolicy.from_settings(settings)
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
-        bouncer = Bouncer(sender, settings.relay_bounce_from)
-    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+        bouncer = Bouncer(router.default.sender, settings.relay_bounce_from)
+    return SpoolWorker(spool, router, policy, bouncer=bouncer)
 
 
 def _handshake_timeout(settings: Settings) -> float:

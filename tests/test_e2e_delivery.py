@@ -23,6 +23,7 @@ from relay.delivery.api import AhaSendClient
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
 from relay.delivery.worker import SpoolWorker
+from tests.fakes import one_route
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 
@@ -234,7 +235,7 @@ def test_a_crash_after_the_api_accepted_does_not_send_twice(
         client = AhaSendClient(base_url=standin.base_url, api_key=standin.api_key,
                                account_id=standin.account_id)  # fmt: skip
         await client.send(body, "relay-crash-window")  # accepted, then "the relay died"
-        worker = SpoolWorker(spool, client, SpoolPolicy())
+        worker = SpoolWorker(spool, one_route(client), SpoolPolicy())
         await worker.run_once()
         await client.aclose()
         entry = await spool.get(entry_id)

@@ -25,7 +25,7 @@ from relay.errors import (
     UpstreamUnreachable,
 )
 from relay.ops.log import configure
-from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
+from tests.fakes import ACCEPTED, FakeTime, ScriptedSender, one_route
 
 POLICY = SpoolPolicy(
     backoff=Backoff(base=10, cap=100, jitter=(0.8, 1.2), retry_after="floor"),
@@ -60,7 +60,7 @@ def worker(
     spool: SqliteSpool, sender: ScriptedSender, time: FakeTime, bouncer: Bouncer | None = None
 ) -> SpoolWorker:
     return SpoolWorker(
-        spool, sender, POLICY, bouncer=bouncer, clock=time.clock, rng=random.Random(1)
+        spool, one_route(sender), POLICY, bouncer=bouncer, clock=time.clock, rng=random.Random(1)
     )
 
 
@@ -227,7 +227,7 @@ async def test_two_workers_never_send_one_entry_twice(spool: SqliteSpool, time: 
         await enqueue(spool, key)
     policy = replace(POLICY, batch=5)
     senders = [SlowSender(0.01), SlowSender(0.01)]
-    workers = [SpoolWorker(spool, s, policy, clock=time.clock) for s in senders]
+    workers = [SpoolWorker(spool, one_route(s), policy, clock=time.clock) for s in senders]
     while sum(await asyncio.gather(*(w.run_once() for w in workers))):
         pass
     first, second = (set(s.keys) for s in senders)

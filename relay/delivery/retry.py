@@ -57,7 +57,8 @@ class _DeadlineCut(UpstreamTimeout):
 class RetryingSender:
     """A ``Sender`` that retries ``inner`` within ``deadline`` seconds per message.
 
-    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``.
+    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``. Senders given
+    one ``stopping`` event (one per route) all stop retrying once it is set.
     """
 
     def __init__(
@@ -69,6 +70,7 @@ class RetryingSender:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._inner = inner
         self._deadline = deadline
@@ -76,7 +78,7 @@ class RetryingSender:
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._stopping = asyncio.Event()
+        self._stopping = stopping if stopping is not None else asyncio.Event()
 
     def stop_retrying(self) -> None:
         """Shutdown: no more retries; waiting sends raise their last error now."""

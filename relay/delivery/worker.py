@@ -2,8 +2,8 @@
 
 Each round claims the due entries (oldest first, a batch at a time, each for ``lease``
 seconds: no other worker gets them meanwhile) and sends each with its own stable
-Idempotency-Key through the paced sender (one attempt per round; the
-spacing between rounds is the backoff). Outcomes:
+Idempotency-Key through its route's paced sender (``Router.spooled``; one attempt per
+round; the spacing between rounds is the backoff). Outcomes:
 
 - accepted (202, replayed or not) → ``delivered`` (recipients the API refused inside
   the 202 are logged and noted on the record);
@@ -33,7 +33,8 @@ from collections.abc import Callable
 
 from relay.delivery.bounce import Bouncer
 from relay.delivery.policy import SpoolPolicy, retry_after_of
-from relay.delivery.sender import Delivery, Sender
+from relay.delivery.route import Router
+from relay.delivery.sender import Delivery
 from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
 from relay.errors import PermanentError, RelayError, TransientError
 from relay.ops.log import get_logger
@@ -46,12 +47,12 @@ STATUS_MIN_INTERVAL = 10.0
 
 
 class SpoolWorker:
-    """Delivers ``spool`` through ``sender``; ``run`` until ``stop``."""
+    """Delivers ``spool`` by ``router``'s routes; ``run`` until ``stop``."""
 
     def __init__(
         self,
         spool: SpoolBackend,
-        sender: Sender,
+        router: Router,
         policy: SpoolPolicy,
         *,
         bouncer: Bouncer | None = None,
@@ -59,7 +60,7 @@ class SpoolWorker:
         rng: random.Random | None = None,
     ) -> None:
         self._spool = spool
-        self._sender = sender
+        self._router = router
         self._policy = policy
         self._bouncer = bouncer
         self._clock = clock
@@ -92,7 +93,8 @@ class SpoolWorker:
     async def _deliver(self, entry: SpoolEntry) -> None:
         assert entry.body is not None
         try:
-            delivery = await self._sender.send(entry.body, entry.idempotency_key)
+            sender = self._router.spooled(entry).sender
+            delivery = await sender.send(entry.body, entry.idempotency_key)
         except PermanentError as exc:
             await self._give_up(entry, exc.detail or type(exc).__name__, attempted=True)
         except TransientError as exc:

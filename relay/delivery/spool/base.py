@@ -16,9 +16,9 @@ Claims (leases): a worker takes due entries with ``claim(limit, lease)``. Until
 entry, whichever process or host asks; ``mark_delivered``, ``defer`` and ``kill`` end the
 claim. A worker that dies while holding claims needs no clean-up: its entries become due
 again when their lease ends. The lease is therefore sized to outlast one delivery round
-(``relay.delivery.policy.SpoolPolicy.lease``); should a worker still answer after its lease ended, its
-outcome is applied anyway (last write wins), which is safe because every resend carries
-the entry's Idempotency-Key and AhaSend replays its first answer.
+(``relay.delivery.policy.SpoolPolicy.lease``); should a worker still answer after its
+lease ended, its outcome is applied anyway (last write wins), which is safe because every
+resend carries the entry's Idempotency-Key and AhaSend replays its first answer.
 
 Common rules for every method:
 
