@@ -26,7 +26,7 @@ later (4xx) or give up (5xx)::
 Start-up errors sit outside that tree: they stop the process, never a transaction::
 
     ConfigError                            a setting is missing or invalid     exit 78
-    SpoolUnavailable                       the spool cannot be opened          exit 73
+    SpoolUnavailable                       the spool cannot be opened or used  exit 73
 
 Reply codes live in ``relay.smtp.replies`` (``REPLY_FOR`` maps each class above to its
 reply); this module names outcomes, not SMTP.
@@ -64,7 +64,11 @@ class ConfigError(Exception):
 
 
 class SpoolUnavailable(Exception):
-    """The spool cannot be opened (permissions, not a database...). ``str()`` says why."""
+    """The spool cannot be opened or used (permissions, not a database, disk gone...).
+
+    ``str()`` says why. At start-up it stops the process (exit 73); during a transaction
+    the dispatcher answers 4xx instead of 250, and the worker retries in its next round.
+    """
 
 
 class RelayError(Exception):

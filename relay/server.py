@@ -34,13 +34,15 @@ from relay import __version__
 from relay.config import Settings
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
-from relay.delivery.dispatch import Dispatcher, SpoolPolicy
+from relay.delivery.dispatch import Dispatcher
 from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
+from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
 from relay.delivery.sender import DryRunSender, Sender
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.delivery.transport import build_transport
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.worker import SpoolWorker
 from relay.errors import ConfigError
 from relay.ops.admin import AdminServer, Readiness
 from relay.ops.health import readiness
@@ -87,35 +89,34 @@ def _metered_transport(
 class RelayServer:
     """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
 
-    def __init__(
-        self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.spool: SpoolBackend | None = (
+            SqliteSpool(settings.relay_spool_dir) if settings.relay_spool_dir else None
+        )
+        self._sessions: set[TrackedSMTP] = set()
+        self.metrics = RelayMetrics(
+            sessions_open=lambda: len(self._sessions),
+            spool_stats=self.spool.stats if self.spool is not None else None,
+        )
         self.guard = Guard.from_settings(settings)
         self.guard.on_auth_failure = self.metrics.auth_failures.inc
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
-        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
-        paced = _paced(self.sender, settings)
-        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
+        self._stop_retrying = asyncio.Event()
+        self.router = SingleRouter(default_route(settings, self.sender, self._stop_retrying))
         self.handler = RelayHandler(
-            front,
+            Dispatcher(self.router, self.spool, SpoolPolicy.from_settings(settings)),
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
-            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
         )
-        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self.worker = _worker(self.spool, self.router, settings) if self.spool else None
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[TrackedSMTP] = set()
         self._draining = False
-        self.metrics.sessions_open.func = lambda: len(self._sessions)
         self.admin = _admin_server(settings, self.metrics, self.readiness)
-        if self.spool is not None:
-            _report_spool(self.metrics, self.spool)
 
     @property
     def port(self) -> int:
@@ -151,7 +152,7 @@ class RelayServer:
                 await self.admin.start()
             except OSError:
                 self._close_listeners()
-                await self.sender.aclose()
+                await self.router.aclose()
                 raise
         if self.worker is not None:
             self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
@@ -184,7 +185,7 @@ class RelayServer:
         loop = asyncio.get_running_loop()
         ends = loop.time() + grace
         self._draining = True
-        self._front.stop_retrying()
+        self._stop_retrying.set()
         if self.worker is not None:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
@@ -192,11 +193,11 @@ class RelayServer:
         abandoned = await finish_sessions(self._sessions, grace)
         self._close_listeners()
         await self._stop_worker(max(ends - loop.time(), 0.0))
-        await self.sender.aclose()
+        await self.router.aclose()
         if self.admin is not None:
             await self.admin.stop()
         if self.spool is not None:
-            self.spool.close()
+            await self.spool.close()
         log.info("stopped", abandoned_sessions=abandoned)
 
     def _close_listeners(self) -> None:
@@ -250,49 +251,25 @@ def _admin_server(
         return None
     return AdminServer(
         settings.relay_metrics_host, settings.relay_metrics_port,
-        render=metrics.render, ready=ready,
+        render=metrics.render, ready=ready, refresh=metrics.refresh,
     )  # fmt: skip
 
 
-def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
-    """Spool depth, oldest age and health, read from the spool at scrape time."""
-
-    def healthy() -> bool:
-        try:
-            spool.stats()
-        except Exception:  # a spool that cannot answer a query cannot take mail either
-            return False
-        return True
-
-    metrics.register_spool(
-        depth=lambda: spool.stats().queued,
-        oldest_age=lambda: spool.stats().oldest_age,
-        healthy=healthy,
-    )
-
-
-def _paced(sender: Sender, settings: Settings) -> PacedSender:
+def default_route(settings: Settings, client: Sender, stopping: asyncio.Event) -> Route:
+    """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY."""
     bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
-    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
+    paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
+    retrying = RetryingSender(paced, deadline=settings.relay_retry_deadline, stopping=stopping)
+    account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
+    return Route(DEFAULT_ROUTE, account, sender=paced, retrying=retrying)
 
 
-def _spool_policy(settings: Settings) -> SpoolPolicy:
-    return SpoolPolicy(
-        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
-    )
-
-
-def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
-    policy = WorkerPolicy(
-        retry_min=settings.relay_spool_retry_min,
-        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
-        max_age=settings.relay_spool_max_age,
-        poll_interval=min(1.0, settings.relay_spool_retry_min),
-    )
+def _worker(spool: SpoolBackend, router: Router, settings: Settings) -> SpoolWorker:
+    policy = SpoolPolicy.from_settings(settings)
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
-        bouncer = Bouncer(sender, settings.relay_bounce_from)
-    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+        bouncer = Bouncer(router.default.sender, settings.relay_bounce_from)
+    return SpoolWorker(spool, router, policy, bouncer=bouncer)
 
 
 def _handshake_timeout(settings: Settings) -> float:

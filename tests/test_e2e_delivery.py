@@ -12,20 +12,23 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from relay.delivery.api import AhaSendClient
-from relay.delivery.spool import Spool
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.policy import SpoolPolicy
+from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
+from relay.delivery.worker import SpoolWorker
+from tests.fakes import one_route
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
 
 QUEUED_FOR_DELIVERY = "2.0.0 Queued for delivery"
 
@@ -140,9 +143,7 @@ def test_permanent_errors_are_not_retried_nor_spooled(standin: StandIn, tmp_path
         code, text = send(relay, message())
     assert (code, text) == (554, "5.6.0 Rejected by AhaSend: 422 invalid from")
     assert len(standin.requests) == 1
-    spool = Spool(tmp_path)
-    assert spool.entries() == []
-    spool.close()
+    assert entries_in(tmp_path) == []
 
 
 def test_with_spool_a_lasting_outage_is_queued_then_delivered(
@@ -160,11 +161,26 @@ def test_with_spool_a_lasting_outage_is_queued_then_delivered(
     assert len(keys) == 4
     assert len(set(keys)) == 1
     assert standin.accepted[0].json["subject"] == "Spooled"
-    spool = Spool(tmp_path)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert (entry.state, entry.attempts) == ("delivered", 3)
     assert entry.message_ids == tuple(standin.accepted[0].message_ids)
+
+
+def entries_in(spool_dir: Path) -> list[SpoolEntry]:
+    """The spool's entries, read through a connection of its own."""
+    return asyncio.run(_read(spool_dir, lambda spool: spool.entries()))
+
+
+def stats_of(spool_dir: Path) -> SpoolStats:
+    return asyncio.run(_read(spool_dir, lambda spool: spool.stats()))
+
+
+async def _read(spool_dir: Path, query: Callable[[SqliteSpool], Awaitable[T]]) -> T:
+    spool = SqliteSpool(spool_dir)
+    try:
+        return await query(spool)
+    finally:
+        await spool.close()
 
 
 def free_port() -> int:
@@ -210,22 +226,23 @@ def test_a_crash_after_the_api_accepted_does_not_send_twice(
         b'{"from":{"email":"app@example.com"},"to":[{"email":"ann@example.net"}],'
         b'"subject":"Once","text_content":"x"}'
     )
-    spool = Spool(tmp_path)
-    entry_id = spool.add(body, "relay-crash-window", mail_from="app@example.com",
-                         rcpt_tos=["ann@example.net"], error="UpstreamTimeout",
-                         first_retry=0, max_age=60)  # fmt: skip
+    spool = SqliteSpool(tmp_path)
 
-    async def scenario() -> None:
+    async def scenario() -> SpoolEntry | None:
+        entry_id = await spool.add(body, "relay-crash-window", mail_from="app@example.com",
+                                   rcpt_tos=["ann@example.net"], error="UpstreamTimeout",
+                                   first_retry=0, max_age=60)  # fmt: skip
         client = AhaSendClient(base_url=standin.base_url, api_key=standin.api_key,
                                account_id=standin.account_id)  # fmt: skip
         await client.send(body, "relay-crash-window")  # accepted, then "the relay died"
-        worker = SpoolWorker(spool, client, WorkerPolicy())
+        worker = SpoolWorker(spool, one_route(client), SpoolPolicy())
         await worker.run_once()
         await client.aclose()
+        entry = await spool.get(entry_id)
+        await spool.close()
+        return entry
 
-    asyncio.run(scenario())
-    entry = spool.get(entry_id)
-    spool.close()
+    entry = asyncio.run(scenario())
     assert entry is not None
     assert entry.state == "delivered"
     assert len(standin.requests) == 2
@@ -245,14 +262,12 @@ def test_a_permanent_rejection_of_a_spooled_message_bounces(
     with running_relay(settings) as relay:
         code, _ = send(relay, message("Doomed"), sender=envelope_sender)
         assert code == 250
-        spool = Spool(tmp_path)
-        wait_until(lambda: spool.stats().dead == 1)
+        wait_until(lambda: stats_of(tmp_path).dead == 1)
         if bounced:
             wait_until(lambda: len(standin.requests) == 3)
         else:
             time.sleep(0.3)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert entry.last_error == "422 recipient domain blocked"
     assert entry.bounced is bounced
     if not bounced:
@@ -288,9 +303,7 @@ def test_shutdown_spools_a_transaction_that_is_still_retrying(
     assert replies == [(250, f"{QUEUED_FOR_DELIVERY}: spool id 1".encode())]
     assert client.noop()[0] == 421  # then the session was closed
     client.close()
-    spool = Spool(tmp_path)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert entry.state == "queued"
 
 
@@ -302,7 +315,7 @@ def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
     with running_relay(settings) as relay:
         assert relay.server is not None
         assert relay.server.spool is not None
-        relay.server.spool.close()  # e.g. the disk is gone
+        relay.call(relay.server.spool.close())  # e.g. the disk is gone
         code, text = send(relay, message())
     assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
 

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import smtplib
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SqliteSpool
 from tests.paths import REPO
 from tests.standin import Recorded, Scripted, StandIn
 
@@ -200,11 +201,14 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(standin: StandIn, tmp_path:
 
 
 def queued_in(spool_dir: Path) -> int:
-    spool = Spool(spool_dir)
+    return asyncio.run(_queued_in(SqliteSpool(spool_dir)))
+
+
+async def _queued_in(spool: SqliteSpool) -> int:
     try:
-        return spool.stats().queued
+        return (await spool.stats()).queued
     finally:
-        spool.close()
+        await spool.close()
 
 
 def queue_command(spool_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

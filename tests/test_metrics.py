@@ -7,6 +7,8 @@ import itertools
 import httpx
 import pytest
 
+from relay.delivery.spool import SpoolStats
+from relay.errors import SpoolUnavailable
 from relay.ops.health import readiness
 from relay.ops.metrics import Counter, Gauge, Histogram, MeteredTransport, RelayMetrics, result_of
 from relay.smtp.replies import LOCAL_ERROR, QUEUED, TOO_LARGE
@@ -60,13 +62,20 @@ def test_gauge_without_a_value_renders_nothing() -> None:
     assert list(Gauge("g", "Help.", lambda: 2.5).render())[-1] == "g 2.5"
 
 
-def test_relay_metrics_render_messages_and_spool() -> None:
-    metrics = RelayMetrics()
+def spool_stats(queued: int = 3, oldest_age: float = 12.5) -> SpoolStats:
+    return SpoolStats(queued=queued, dead=0, delivered=0, oldest_age=oldest_age, max_attempts=1)
+
+
+async def test_relay_metrics_render_messages_and_spool() -> None:
+    async def stats() -> SpoolStats:
+        return spool_stats()
+
+    metrics = RelayMetrics(spool_stats=stats)
     metrics.message_done(QUEUED)
     metrics.message_done(QUEUED)
     metrics.message_done(LOCAL_ERROR)
     metrics.auth_failures.inc()
-    metrics.register_spool(depth=lambda: 3, oldest_age=lambda: 12.5, healthy=lambda: True)
+    await metrics.refresh()
     found = samples(metrics.render())
     assert found['ahasend_relay_messages_total{result="accepted",code="250"}'] == 2
     assert found['ahasend_relay_messages_total{result="deferred",code="451"}'] == 1
@@ -109,7 +118,7 @@ async def test_metered_transport_records_failures(error: Exception, label: str) 
     assert metrics.upstream_reachable is False
 
 
-def test_readiness_rule() -> None:
+async def test_readiness_rule() -> None:
     metrics = RelayMetrics()
     assert readiness(False, False, metrics)[0] is False
     assert readiness(True, False, metrics)[0] is True  # AhaSend not contacted yet
@@ -119,9 +128,37 @@ def test_readiness_rule() -> None:
     )  # fmt: skip
     assert readiness(True, True, metrics)[0] is True  # dry run needs no upstream
     healthy = [False]
-    metrics.register_spool(depth=lambda: 1, oldest_age=lambda: 1, healthy=lambda: healthy[0])
+
+    async def stats() -> SpoolStats:
+        if not healthy[0]:
+            raise SpoolUnavailable("disk gone")
+        return spool_stats(1, 1)
+
+    metrics = RelayMetrics(spool_stats=stats)
+    metrics.upstream_reachable = False
+    await metrics.refresh()
     assert readiness(True, False, metrics)[0] is False
     healthy[0] = True
+    await metrics.refresh()
     assert readiness(True, False, metrics) == (
         True, "ready: listening, AhaSend unreachable, spool healthy",
     )  # fmt: skip
+
+
+def test_sessions_open_is_read_at_scrape_time() -> None:
+    sessions = {"a", "b"}
+    metrics = RelayMetrics(sessions_open=lambda: len(sessions))
+    assert samples(metrics.render())["ahasend_relay_sessions_open"] == 2
+    sessions.clear()
+    assert samples(metrics.render())["ahasend_relay_sessions_open"] == 0
+
+
+async def test_a_spool_that_cannot_answer_makes_render_fail() -> None:
+    async def stats() -> SpoolStats:
+        raise SpoolUnavailable("disk gone")
+
+    metrics = RelayMetrics(spool_stats=stats)
+    await metrics.refresh()
+    assert metrics.spool_healthy is False
+    with pytest.raises(SpoolUnavailable, match="disk gone"):
+        metrics.render()

@@ -24,7 +24,7 @@ from relay import __version__
 from relay.cli.queue import add_queue_commands, run_queue_command
 from relay.config import Settings, load_settings
 from relay.delivery.api import AhaSendClient
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.errors import (
     ConfigError,
     RelayError,
@@ -179,14 +179,19 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"ahasend-relay: no spool at {directory}", file=sys.stderr)
         return EX_CONFIG
     try:
-        spool = Spool(directory)
+        spool = SqliteSpool(directory)
+        return asyncio.run(_queue(args, spool, settings.relay_spool_max_age))
     except SpoolUnavailable as exc:
         print(f"ahasend-relay: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+
+
+async def _queue(args: argparse.Namespace, spool: SpoolBackend, max_age: float) -> int:
+    """The queue command on ``spool``, which is closed afterwards."""
     try:
-        return run_queue_command(args, spool, settings.relay_spool_max_age, sys.stdout)
+        return await run_queue_command(args, spool, max_age, sys.stdout)
     finally:
-        spool.close()
+        await spool.close()
 
 
 # -- operations: check-config, send-test, healthcheck ------------------------------------

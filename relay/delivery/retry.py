@@ -1,8 +1,9 @@
 """Retries inside the SMTP transaction, so a brief API hiccup never reaches the client.
 
 ``RetryingSender`` wraps any ``Sender``. A transient failure that a retry can cure (429,
-409 in progress, 5xx, timeout, connection error) is retried with exponential backoff and
-jitter, honouring ``Retry-After`` when the API sends one, always with the same
+409 in progress, 5xx, timeout, connection error) is retried with the relay's one backoff
+rule (``relay.delivery.policy.TRANSACTION_BACKOFF``: exponential with jitter, waiting a
+``Retry-After`` instead when the API sends one), always with the same
 Idempotency-Key, so AhaSend delivers at most once however many attempts reach it.
 
 Everything happens within one deadline (``RELAY_RETRY_DEADLINE``), kept well under the
@@ -21,8 +22,8 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
+from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, retry_after_of
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import (
     RelayError,
@@ -33,7 +34,7 @@ from relay.errors import (
 )
 from relay.ops.log import get_logger
 
-__all__ = ["RETRYABLE", "Backoff", "RetryingSender", "retry_after_of"]
+__all__ = ["RETRYABLE", "RetryingSender"]
 
 log = get_logger("relay.delivery.retry")
 
@@ -49,25 +50,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` waits ``min(cap, base * 2**n)``,
-    scaled by a random factor in [0.5, 1.0] so that clients do not retry in lockstep."""
-
-    base: float = 0.25
-    cap: float = 8.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
-        return ceiling * rng.uniform(0.5, 1.0)
-
-
-def retry_after_of(error: RelayError) -> float | None:
-    """The ``Retry-After`` seconds the API sent with ``error``, if any."""
-    return error.retry_after if isinstance(error, UpstreamThrottled) else None
-
-
 class _DeadlineCut(UpstreamTimeout):
     """An attempt cut off by the retry deadline rather than by the API's own timeout."""
 
@@ -75,7 +57,8 @@ class _DeadlineCut(UpstreamTimeout):
 class RetryingSender:
     """A ``Sender`` that retries ``inner`` within ``deadline`` seconds per message.
 
-    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``.
+    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``. Senders given
+    one ``stopping`` event (one per route) all stop retrying once it is set.
     """
 
     def __init__(
@@ -87,14 +70,15 @@ class RetryingSender:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._inner = inner
         self._deadline = deadline
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or TRANSACTION_BACKOFF
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._stopping = asyncio.Event()
+        self._stopping = stopping if stopping is not None else asyncio.Event()
 
     def stop_retrying(self) -> None:
         """Shutdown: no more retries; waiting sends raise their last error now."""
@@ -113,7 +97,8 @@ class RetryingSender:
                 # Our own deadline is no news to the client: report what the API last said.
                 raise (last or exc) from exc
             except RETRYABLE as exc:
-                last, delay = exc, self._delay(exc, attempt)
+                last = exc
+                delay = self._backoff.delay(attempt + 1, self._rng, retry_after_of(exc))
                 if self._stopping.is_set() or self._clock() + delay >= deadline:
                     raise
                 log.info(
@@ -149,9 +134,3 @@ class RetryingSender:
                 task.cancel()
             await asyncio.gather(sleeper, stopper, return_exceptions=True)
         return not self._stopping.is_set()
-
-    def _delay(self, error: RelayError, attempt: int) -> float:
-        retry_after = retry_after_of(error)
-        if retry_after is not None:
-            return retry_after
-        return self._backoff.delay(attempt, self._rng)

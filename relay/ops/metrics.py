@@ -13,19 +13,25 @@ Who records what:
   upstream request's latency and status code (or failure kind), and whether AhaSend was
   reachable last time (``upstream_reachable``, used by ``/readyz``);
 - AUTH calls ``metrics.auth_failures.inc()`` on each failed attempt;
-- the spool calls ``metrics.register_spool(depth=..., oldest_age=..., healthy=...)``.
+- the spool's ``stats`` is handed to ``RelayMetrics`` at construction; ``refresh()``
+  (awaited by the admin server before each ``/metrics`` and ``/readyz``) reads it, and the
+  spool gauges and ``spool_healthy`` report that reading. A spool that cannot answer is
+  unhealthy, and its gauges make ``render`` raise (``/metrics`` answers 500);
+- the open sessions are counted by the ``sessions_open`` callable given at construction.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Protocol
 
 import httpx
 
 from relay import __version__
+from relay.delivery.spool.base import SpoolStats
+from relay.errors import SpoolUnavailable
 from relay.ops.log import get_logger
 from relay.smtp.replies import Reply
 
@@ -36,6 +42,7 @@ __all__ = [
     "MessageObserver",
     "MeteredTransport",
     "RelayMetrics",
+    "SpoolReading",
     "result_of",
 ]
 
@@ -43,6 +50,7 @@ log = get_logger("relay.upstream")
 PREFIX = "ahasend_relay_"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 GaugeFunc = Callable[[], float | None]
+SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
 
 
 class MessageObserver(Protocol):
@@ -118,10 +126,52 @@ class Gauge:
         yield f"{self.name} {_number(value)}"
 
 
-class RelayMetrics:
-    """Every metric of one relay, and ``render()`` for ``/metrics``."""
+class SpoolReading:
+    """The spool's stats as last read by ``refresh``, for the gauges and readiness."""
 
-    def __init__(self) -> None:
+    def __init__(self, read: SpoolStatsReader) -> None:
+        self._read = read
+        self._stats: SpoolStats | None = None
+        self._error: str | None = None
+
+    async def refresh(self) -> None:
+        """Read the stats now; a failure is remembered (see ``healthy``), not raised."""
+        try:
+            self._stats, self._error = await self._read(), None
+        except Exception as exc:  # a spool that cannot answer a query cannot take mail either
+            self._stats, self._error = None, str(exc) or type(exc).__name__
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the last reading succeeded."""
+        return self._stats is not None
+
+    def depth(self) -> float | None:
+        return None if (stats := self._current()) is None else stats.queued
+
+    def oldest_age(self) -> float | None:
+        return None if (stats := self._current()) is None else stats.oldest_age
+
+    def _current(self) -> SpoolStats | None:
+        if self._error is not None:
+            raise SpoolUnavailable(self._error)
+        return self._stats
+
+
+class RelayMetrics:
+    """Every metric of one relay, and ``render()`` for ``/metrics``.
+
+    ``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the spool's
+    stats (see the module docstring). Without them, those gauges render nothing.
+    """
+
+    def __init__(
+        self,
+        *,
+        sessions_open: GaugeFunc | None = None,
+        spool_stats: SpoolStatsReader | None = None,
+    ) -> None:
+        self._spool = SpoolReading(spool_stats) if spool_stats is not None else None
         self.messages = Counter(
             PREFIX + "messages_total",
             "Transactions ended with DATA, by result and SMTP reply code.",
@@ -138,24 +188,35 @@ class RelayMetrics:
             ("status",),
         )
         self.auth_failures = Counter(PREFIX + "auth_failures_total", "Failed SMTP AUTH attempts.")
-        self.sessions_open = Gauge(PREFIX + "sessions_open", "SMTP sessions open now.")
-        self.spool_depth = Gauge(PREFIX + "spool_depth", "Messages waiting in the spool.")
+        self.sessions_open = Gauge(
+            PREFIX + "sessions_open", "SMTP sessions open now.", sessions_open
+        )
+        spool = self._spool
+        self.spool_depth = Gauge(
+            PREFIX + "spool_depth",
+            "Messages waiting in the spool.",
+            spool.depth if spool is not None else None,
+        )
         self.spool_oldest_age = Gauge(
-            PREFIX + "spool_oldest_age_seconds", "Age of the oldest message in the spool."
+            PREFIX + "spool_oldest_age_seconds",
+            "Age of the oldest message in the spool.",
+            spool.oldest_age if spool is not None else None,
         )
         self.upstream_reachable: bool | None = None
-        self.spool_healthy: Callable[[], bool] | None = None
+
+    @property
+    def spool_healthy(self) -> bool | None:
+        """Whether the spool answered the last ``refresh`` (None without a spool)."""
+        return None if self._spool is None else self._spool.healthy
+
+    async def refresh(self) -> None:
+        """Read the state-describing sources (the spool) for the scrape about to happen."""
+        if self._spool is not None:
+            await self._spool.refresh()
 
     def message_done(self, reply: Reply) -> None:
         """Count one transaction's final reply (the handler's MessageObserver hook)."""
         self.messages.inc(result_of(reply), str(reply.code))
-
-    def register_spool(
-        self, *, depth: GaugeFunc, oldest_age: GaugeFunc, healthy: Callable[[], bool]
-    ) -> None:
-        """Let the spool report its depth, oldest age (seconds) and health at scrape time."""
-        self.spool_depth.func, self.spool_oldest_age.func = depth, oldest_age
-        self.spool_healthy = healthy
 
     def record_upstream(self, status: str, seconds: float | None, reachable: bool) -> None:
         """One upstream request: its status label, its latency when it got an answer."""

@@ -1,7 +1,8 @@
 """The aiosmtpd hooks: thin glue between the SMTP session and the pure core.
 
 ``handle_DATA`` is the recipe: translate the message, derive its Idempotency-Keys, hand
-each request to the ``Sender``, turn the outcome into one reply from ``replies``, and
+the requests to the ``Dispatcher`` (with the ``Submission`` its router picks the route
+by: envelope, client address, AUTH user), turn the outcome into one reply from ``replies``, and
 log one canonical ``message`` event. Nothing here parses MIME or speaks HTTP.
 """
 
@@ -17,7 +18,8 @@ import structlog
 from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery.dispatch import Dispatcher
-from relay.delivery.sender import Delivery, Sender
+from relay.delivery.route import Submission
+from relay.delivery.sender import Delivery
 from relay.errors import RelayError
 from relay.ops.log import get_logger
 from relay.ops.metrics import MessageObserver
@@ -56,22 +58,20 @@ class _Record:
 
 
 class RelayHandler:
-    """aiosmtpd handler that forwards each message through ``sender``."""
+    """aiosmtpd handler that forwards each message through ``dispatcher``."""
 
     def __init__(
         self,
-        sender: Sender,
+        dispatcher: Dispatcher,
         *,
         max_recipients: int = 50,
         accepted_reply: Reply = QUEUED,
         clock: Callable[[], float] = time.perf_counter,
         sender_policy: SenderPolicy | None = None,
         observer: MessageObserver | None = None,
-        dispatcher: Dispatcher | None = None,
     ) -> None:
         self._observer = observer
-        self._sender = sender
-        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(sender)
+        self._dispatcher = dispatcher
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
         self._clock = clock
@@ -122,7 +122,8 @@ class RelayHandler:
             envelope.content = envelope.original_content = None  # free it early
             del raw
             record.add(attachments=translated.attachment_count, idempotency_keys=keys)
-            deliveries = await self._send_all(translated, keys, envelope, record)
+            submission = _submission(server, envelope)
+            deliveries = await self._send_all(translated, keys, submission, record)
             reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
             reply = reply_for(exc)
@@ -166,7 +167,7 @@ class RelayHandler:
         return translate(raw, mail_from, rcpt_tos)
 
     async def _send_all(
-        self, translated: Translated, keys: Sequence[str], envelope: Any, record: _Record
+        self, translated: Translated, keys: Sequence[str], submission: Submission, record: _Record
     ) -> list[Delivery]:
         """Serialise every request, then send them through the dispatcher.
 
@@ -177,9 +178,7 @@ class RelayHandler:
         bodies = []
         while translated.payloads:
             bodies.append(serialise(translated.payloads.pop(0)))
-        deliveries = await self._dispatcher.send_all(
-            bodies, keys, envelope.mail_from, envelope.rcpt_tos
-        )
+        deliveries = await self._dispatcher.send_all(bodies, keys, submission)
         record.add(
             spooled=[d.spool_id for d in deliveries if d.spooled],
             upstream_status=deliveries[-1].status,
@@ -209,6 +208,18 @@ class RelayHandler:
         level = log.info if reply.code < 400 else log.warning
         level("message", reply=reply.code, enhanced=reply.enhanced, latency_ms=latency_ms,
               **record.fields)  # fmt: skip
+
+
+def _submission(server: Any, envelope: Any) -> Submission:
+    """The transaction as the router sees it: envelope, client address, AUTH user."""
+    client = getattr(server, "client", None)
+    user = getattr(client, "user", None)
+    return Submission(
+        mail_from=envelope.mail_from,
+        rcpt_tos=tuple(envelope.rcpt_tos),
+        client=getattr(client, "address", ""),
+        user=user.name if user is not None else None,
+    )
 
 
 def request_id(server: Any) -> str:
