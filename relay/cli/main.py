@@ -53,6 +53,24 @@ EX_CONFIG = 78
 
 Command = Callable[[argparse.Namespace], int]
 
+SERVE_EPILOG = """\
+settings, highest precedence first:
+  1. these flags (--dry-run, --host, --port)
+  2. the environment: AHASEND_* and RELAY_* variables
+  3. --env-file PATH, read as systemd's EnvironmentFile= reads it
+  secrets may instead come from AHASEND_API_KEY_FILE / RELAY_AUTH_PASSWORD_FILE or
+  from systemd credentials ahasend_api_key / relay_auth_password (LoadCredential=)
+  every variable is documented in config.example.env; an unknown AHASEND_* or
+  RELAY_* name is an error. `ahasend-relay check-config` validates them.
+
+exit status:
+  0   stopped by SIGTERM/SIGINT after a graceful shutdown
+  71  cannot listen on the SMTP or the metrics address
+  73  the spool (RELAY_SPOOL_DIR) cannot be opened
+  78  configuration error (one line on stderr names the setting); restarting
+      cannot help
+"""
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
@@ -75,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ahasend-relay {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the relay (the default command)")
+    serve = commands.add_parser(
+        "serve", help="run the relay (the default command)",
+        description="Accept SMTP and forward each message to AhaSend's HTTP API v2.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     _add_settings_options(serve)
     serve.add_argument("--dry-run", action="store_true", help="log payloads, never call AhaSend")
     serve.add_argument("--host", help="address to listen on (RELAY_HOST)")
