@@ -35,7 +35,7 @@ from relay.errors import (
 from relay.ops.admin import AdminListenError
 from relay.ops.eventloop import run as run_on_loop
 from relay.ops.health import connect_host, probe
-from relay.ops.log import configure
+from relay.ops.log import configure, get_logger, log_uncaught_exceptions
 from relay.ops.memory import pin_mmap_threshold
 from relay.server import build_sender, run
 from relay.smtp.auth import hash_password
@@ -149,21 +149,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     password = settings.relay_auth_password
     secrets = [key, password.get_secret_value() if password else ""]
-    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets)
+    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
+              recipients=settings.relay_log_recipients)  # fmt: skip
+    log_uncaught_exceptions()
     pin_mmap_threshold()
     try:
         run_on_loop(run(settings), settings.relay_event_loop)
     except AdminListenError as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_OSERR
+        return _startup_failed(str(exc), EX_OSERR)
     except SpoolUnavailable as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_CANTCREAT
+        return _startup_failed(str(exc), EX_CANTCREAT)
     except OSError as exc:  # the listener could not bind
-        print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
-        return EX_OSERR
+        where = f"{settings.relay_host}:{settings.relay_port}"
+        return _startup_failed(f"cannot listen on {where}: {exc.strerror or exc}", EX_OSERR)
     return EX_OK
+
+
+def _startup_failed(why: str, status: int) -> int:
+    """Log why serving could not start (in the configured log format); return ``status``."""
+    get_logger("relay.cli").error("startup_failed", error=why, exit_status=status)
+    return status
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

@@ -86,4 +86,4 @@ class Dispatcher:
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
         log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error)
-        return Delivery(status=0, spooled=True, spool_id=spool_id)
+        return Delivery(status=None, spooled=True, spool_id=spool_id)

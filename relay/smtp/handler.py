@@ -111,9 +111,11 @@ class RelayHandler:
     async def _deliver(self, server: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
-        record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
+        record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
+                   rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
+            record.add(msgid=translated.message_id)
             translated = self._vet_sender(translated, server)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
