@@ -94,25 +94,28 @@ class RelayServer:
         self.metrics = metrics if metrics is not None else RelayMetrics()
         self.guard = Guard.from_settings(settings)
         self.guard.on_auth_failure = self.metrics.auth_failures.inc
+        self.guard.on_refusal = self.metrics.refused
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
         self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
         paced = _paced(self.sender, settings)
-        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
+        self._front = front = RetryingSender(
+            paced, deadline=settings.relay_retry_deadline, events=self.metrics
+        )
         self.handler = RelayHandler(
             front,
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
-            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
+            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings), self.metrics),
         )
-        self.worker = _worker(self.spool, paced, settings) if self.spool else None
+        self.worker = _worker(self.spool, paced, settings, self.metrics) if self.spool else None
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
         self._sessions: set[TrackedSMTP] = set()
         self._draining = False
-        self.metrics.sessions_open.func = lambda: len(self._sessions)
+        self.metrics.watch_sessions(lambda: len(self._sessions))
         self.admin = _admin_server(settings, self.metrics, self.readiness)
         if self.spool is not None:
             _report_spool(self.metrics, self.spool)
@@ -255,7 +258,7 @@ def _admin_server(
 
 
 def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
-    """Spool depth, oldest age and health, read from the spool at scrape time."""
+    """Spool depth, oldest age, dead letters and health, read from the spool at scrape time."""
 
     def healthy() -> bool:
         try:
@@ -264,11 +267,7 @@ def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
             return False
         return True
 
-    metrics.register_spool(
-        depth=lambda: spool.stats().queued,
-        oldest_age=lambda: spool.stats().oldest_age,
-        healthy=healthy,
-    )
+    metrics.register_spool(spool.stats, healthy)
 
 
 def _paced(sender: Sender, settings: Settings) -> PacedSender:
@@ -282,7 +281,7 @@ def _spool_policy(settings: Settings) -> SpoolPolicy:
     )
 
 
-def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
+def _worker(spool: Spool, sender: Sender, settings: Settings, metrics: RelayMetrics) -> SpoolWorker:
     policy = WorkerPolicy(
         retry_min=settings.relay_spool_retry_min,
         retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
@@ -292,7 +291,7 @@ def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
         bouncer = Bouncer(sender, settings.relay_bounce_from)
-    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
+    return SpoolWorker(spool, sender, policy, bouncer=bouncer, events=metrics)
 
 
 def _handshake_timeout(settings: Settings) -> float:

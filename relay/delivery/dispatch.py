@@ -15,6 +15,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import Spool
 from relay.errors import InternalError, TransientError
@@ -37,11 +38,16 @@ class Dispatcher:
     """Sends through ``sender``; spools transient failures when ``spool`` is given."""
 
     def __init__(
-        self, sender: Sender, spool: Spool | None = None, policy: SpoolPolicy | None = None
+        self,
+        sender: Sender,
+        spool: Spool | None = None,
+        policy: SpoolPolicy | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
         self._sender = sender
         self._spool = spool
         self._policy = policy or SpoolPolicy()
+        self._events = events
 
     async def send_all(
         self,
@@ -86,4 +92,5 @@ class Dispatcher:
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
         log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error)
+        self._events.spool_event("spooled")
         return Delivery(status=None, spooled=True, spool_id=spool_id)

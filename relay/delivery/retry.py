@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import (
     RelayError,
@@ -87,7 +88,9 @@ class RetryingSender:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._inner = inner
         self._deadline = deadline
         self._backoff = backoff or Backoff()
@@ -116,6 +119,7 @@ class RetryingSender:
                 last, delay = exc, self._delay(exc, attempt)
                 if self._stopping.is_set() or self._clock() + delay >= deadline:
                     raise
+                self._events.retried(type(exc).__name__)
                 log.info(
                     "retrying",
                     idempotency_key=idempotency_key,

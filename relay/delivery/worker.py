@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay.delivery.bounce import Bouncer
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.retry import retry_after_of
 from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import Spool, SpoolEntry, SpoolStats
@@ -73,7 +74,9 @@ class SpoolWorker:
         bouncer: Bouncer | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._spool = spool
         self._sender = sender
         self._policy = policy
@@ -120,6 +123,7 @@ class SpoolWorker:
         refused = "; ".join(f"{rcpt}: {why}" for rcpt, why in delivery.failures)
         note = f"recipients refused by the API: {refused}" if refused else None
         await asyncio.to_thread(self._spool.mark_delivered, entry.id, delivery.message_ids, note)
+        self._events.spool_event("delivered")
         log.info(
             "spool_delivered",
             spool_id=entry.id,
@@ -143,6 +147,7 @@ class SpoolWorker:
         delay = self._policy.next_delay(entry.attempts + 1, self._rng)
         delay = max(delay, retry_after_of(error) or 0.0)
         await asyncio.to_thread(self._spool.defer, entry.id, reason, now + delay)
+        self._events.spool_event("deferred")
         log.info(
             "spool_deferred",
             spool_id=entry.id,
@@ -153,6 +158,7 @@ class SpoolWorker:
 
     async def _give_up(self, entry: SpoolEntry, reason: str, *, attempted: bool) -> None:
         await asyncio.to_thread(self._spool.kill, entry.id, reason, attempted=attempted)
+        self._events.spool_event("dead")
         log.warning(
             "spool_dead",
             spool_id=entry.id,
