@@ -116,6 +116,7 @@ class RelayServer:
         self._sessions: set[TrackedSMTP] = set()
         self._draining = False
         self.metrics.watch_sessions(lambda: len(self._sessions))
+        self.metrics.watch_readiness(lambda: self.readiness()[0])
         self.admin = _admin_server(settings, self.metrics, self.readiness)
         if self.spool is not None:
             _report_spool(self.metrics, self.spool)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import running_relay, settings_for
+from tests.harness import RunningRelay, running_relay, settings_for
 from tests.metrics_support import exercised_relay, scrape, send, wait_for
 from tests.standin import StandIn
 from tests.test_metrics import value
@@ -32,6 +32,7 @@ def test_sent_retried_spooled_delivered_and_dead(standin: StandIn, tmp_path: Pat
     assert value(text, "ahasend_relay_transaction_duration_seconds_count") == 3
     assert value(text, "ahasend_relay_message_size_bytes_count") == 3
     assert value(text, "ahasend_relay_circuit_open") == 0
+    assert value(text, "ahasend_relay_ready") == 1
     resident = value(text, "process_resident_memory_bytes")
     assert resident is not None
     assert resident > 10 * 1024 * 1024
@@ -70,3 +71,16 @@ def test_connection_limit_and_auth_refusals(standin: StandIn, tmp_path: Path) ->
         wait_for(relay, "ahasend_relay_refusals_total", 1, reason="connections")
         text = scrape(relay)
     assert value(text, "ahasend_relay_refusals_total", reason="auth") == 1
+
+
+def test_ready_gauge_follows_readyz(standin: StandIn) -> None:
+    with running_relay(settings_for(standin, relay_metrics_port=0)) as relay:
+        assert value(scrape(relay), "ahasend_relay_ready") == 1
+        relay.call(_close_listener(relay))
+        assert value(scrape(relay), "ahasend_relay_ready") == 0
+
+
+async def _close_listener(relay: RunningRelay) -> None:
+    assert relay.server is not None
+    assert relay.server._server is not None
+    relay.server._server.close()

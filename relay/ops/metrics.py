@@ -18,7 +18,8 @@ from here):
 - ``MeteredTransport`` wraps the AhaSend client's httpx transport: each request's latency
   and status code (or failure kind), and whether AhaSend was reachable last time
   (``upstream_reachable``, used by ``/readyz``);
-- ``register_spool`` / ``watch_sessions`` add the spool and session gauges;
+- ``register_spool`` / ``watch_sessions`` / ``watch_readiness`` add the spool, session and
+  readiness gauges;
 - ``circuit_open`` is for the upstream circuit breaker, which does not exist yet: it is
   exported as 0 until a breaker sets it.
 """
@@ -198,6 +199,11 @@ class RelayMetrics:
         """Export ``count()`` as the number of SMTP sessions open."""
         gauge = Gauge(PREFIX + "sessions_open", "SMTP sessions open now.", registry=self.registry)
         gauge.set_function(count)
+
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """Export ``ready()`` (what ``/readyz`` answers) as 1 or 0, for alerting."""
+        gauge = Gauge(PREFIX + "ready", "1 while /readyz answers 200.", registry=self.registry)
+        gauge.set_function(lambda: float(ready()))
 
     def register_spool(self, stats: Callable[[], SpoolStats], healthy: Callable[[], bool]) -> None:
         """Export the spool's depth, oldest age and dead letters, read once per scrape."""
