@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -200,8 +202,12 @@ def test_dockerfile_bakes_in_no_secret_or_config_file() -> None:
 # -- examples ----------------------------------------------------------------------------
 
 
+COMPOSE = EXAMPLES / "docker-compose" / "docker-compose.yml"
+KUBERNETES = EXAMPLES / "kubernetes" / "relay-sidecar.yaml"
+
+
 def test_compose_example_puts_app_and_relay_on_one_network() -> None:
-    compose = yaml.safe_load((EXAMPLES / "docker-compose" / "docker-compose.yml").read_text())
+    compose = yaml.safe_load(COMPOSE.read_text())
     app, relay = compose["services"]["app"], compose["services"]["relay"]
     assert app["networks"] == relay["networks"] == ["mail"]
     assert app["environment"]["SMTP_HOST"] == "relay"
@@ -211,23 +217,100 @@ def test_compose_example_puts_app_and_relay_on_one_network() -> None:
     assert "ports" not in relay
 
 
-def test_kubernetes_example_runs_the_relay_as_a_sidecar_on_localhost() -> None:
-    pod = yaml.safe_load((EXAMPLES / "kubernetes" / "relay-sidecar.yaml").read_text())
-    assert pod["kind"] == "Pod"
-    containers = {c["name"]: c for c in pod["spec"]["containers"]}
-    app_env = {e["name"]: e.get("value") for e in containers["app"]["env"]}
-    relay_env = {e["name"]: e for e in containers["relay"]["env"]}
+def test_compose_example_spools_on_its_volume_and_keeps_the_key_in_a_secret() -> None:
+    relay = yaml.safe_load(COMPOSE.read_text())["services"]["relay"]
+    volume = relay["volumes"][0].split(":")[1]
+    assert relay["environment"]["RELAY_SPOOL_DIR"].startswith(volume + "/")
+    assert relay["secrets"] == ["ahasend_api_key"]
+    assert relay["environment"]["AHASEND_API_KEY_FILE"] == "/run/secrets/ahasend_api_key"
+    # on-failure with a bound: a config error (exit 78) is not restarted forever, and
+    # SIGTERM's exit 0 is not restarted at all ("always"/"unless-stopped" would loop).
+    assert re.fullmatch(r"on-failure:[1-5]", relay["restart"])
+
+
+def test_compose_example_passes_docker_compose_config(tmp_path: Path) -> None:
+    tool = shutil.which("docker-compose")
+    assert tool, "docker-compose is missing: .ci/run installs the docker-compose package"
+    shutil.copy(COMPOSE, tmp_path)
+    (tmp_path / "relay.env").write_text("AHASEND_ACCOUNT_ID=00000000-0000-0000-0000-000000000000\n")
+    (tmp_path / "api-key").write_text("aha-sk-x\n")
+    result = subprocess.run([tool, "-f", COMPOSE.name, "config", "-q"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = COMPOSE.read_text().replace("    secrets: [ahasend_api_key]", "    secretz: [x]")
+    (tmp_path / COMPOSE.name).write_text(text)
+    broken = subprocess.run([tool, "-f", COMPOSE.name, "config", "-q"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert "secretz" in broken.stderr
+
+
+def pod_spec() -> dict[str, Any]:
+    deployment = yaml.safe_load(KUBERNETES.read_text())
+    assert deployment["kind"] == "Deployment"
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def test_kubernetes_example_runs_the_relay_as_a_native_sidecar_on_localhost() -> None:
+    spec = pod_spec()
+    [relay] = spec["initContainers"]
+    [app] = spec["containers"]
+    assert relay["name"] == "relay"
+    assert relay["restartPolicy"] == "Always"  # a native sidecar (Kubernetes 1.29+)
+    app_env = {e["name"]: e.get("value") for e in app["env"]}
+    relay_env = {e["name"]: e for e in relay["env"]}
     assert app_env == {"SMTP_HOST": "localhost", "SMTP_PORT": "2525"}
     assert relay_env["RELAY_HOST"]["value"] == "127.0.0.1"
     assert relay_env["RELAY_PORT"]["value"] == "2525"
-    for secret in ("AHASEND_API_KEY", "AHASEND_ACCOUNT_ID"):
-        ref = relay_env[secret]["valueFrom"]["secretKeyRef"]
-        assert ref == {"name": "ahasend-relay", "key": secret}
-    probes = containers["relay"]
+    ref = relay_env["AHASEND_ACCOUNT_ID"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "ahasend-relay", "key": "account-id"}
+    key_file = Path(relay_env["AHASEND_API_KEY_FILE"]["value"])
+    [secret_mount] = [m for m in relay["volumeMounts"] if m["name"] == "relay-secret"]
+    assert key_file.parent == Path(secret_mount["mountPath"])
+    [secret] = [v for v in spec["volumes"] if v["name"] == "relay-secret"]
+    assert secret["secret"]["secretName"] == "ahasend-relay"
+    assert secret["secret"]["items"] == [{"key": "api-key", "path": key_file.name}]
+    assert "AHASEND_API_KEY" not in relay_env
     metrics_port = relay_env["RELAY_METRICS_PORT"]["value"]
-    assert probes["ports"] == [{"name": "metrics", "containerPort": int(metrics_port)}]
-    assert probes["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert relay["ports"] == [{"name": "metrics", "containerPort": int(metrics_port)}]
+    assert relay["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert relay["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    state = {m["name"]: m["mountPath"] for m in relay["volumeMounts"]}["relay-state"]
+    assert relay_env["RELAY_SPOOL_DIR"]["value"].startswith(state + "/")
+
+
+def test_kubernetes_example_hardens_each_container_and_sizes_the_relay() -> None:
+    spec = pod_spec()
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    for container in spec["initContainers"] + spec["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["runAsUser"] > 0
+    [relay] = spec["initContainers"]
+    user = parse()[-1].all("USER")[-1].args.split(":")
+    assert [relay["securityContext"]["runAsUser"], relay["securityContext"]["runAsGroup"]] == [
+        int(u) for u in user
+    ]
+    assert relay["securityContext"]["readOnlyRootFilesystem"] is True
+    # Measured: 50 MiB idle, 129 MiB peak for one 19 MiB message, 199 MiB for four at once;
+    # the limit must hold RELAY_MAX_CONNECTIONS (4) messages, the request one.
+    env = {e["name"]: e.get("value") for e in relay["env"]}
+    assert env["RELAY_MAX_CONNECTIONS"] == "4"
+    assert relay["resources"] == {"requests": {"cpu": "50m", "memory": "128Mi"},
+                                  "limits": {"memory": "256Mi"}}  # fmt: skip
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.37.0"])
+def test_kubernetes_example_passes_schema_validation(version: str) -> None:
+    """kubernetes-validate, offline, against the API schemas it ships (strict: no
+    unknown fields); 1.29 is the first release with native sidecars on by default."""
+    tool = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert tool
+    result = subprocess.run([tool, "--strict", "-k", version, str(KUBERNETES)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" in result.stdout + result.stderr
 
 
 def test_postfix_example_relays_to_the_relay_port() -> None:
