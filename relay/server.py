@@ -35,6 +35,7 @@ from relay.config import Settings
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
 from relay.delivery.dispatch import Dispatcher
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.pacing import PacedSender, TokenBucket
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
@@ -101,21 +102,27 @@ class RelayServer:
         )
         self.guard = Guard.from_settings(settings)
         self.guard.on_auth_failure = self.metrics.auth_failures.inc
+        self.guard.on_refusal = self.metrics.refused
         self.sender = sender if sender is not None else build_sender(settings, self.metrics)
         self._stop_retrying = asyncio.Event()
-        self.router = SingleRouter(default_route(settings, self.sender, self._stop_retrying))
+        self.router = SingleRouter(
+            default_route(settings, self.sender, self._stop_retrying, self.metrics)
+        )
         self.handler = RelayHandler(
-            Dispatcher(self.router, self.spool, SpoolPolicy.from_settings(settings)),
+            Dispatcher(self.router, self.spool, SpoolPolicy.from_settings(settings), self.metrics),
             max_recipients=settings.relay_max_recipients,
             accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
             sender_policy=self.guard.senders,
             observer=self.metrics,
         )
-        self.worker = _worker(self.spool, self.router, settings) if self.spool else None
+        self.worker = (
+            _worker(self.spool, self.router, settings, self.metrics) if self.spool else None
+        )
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
         self._draining = False
+        self.metrics.watch_readiness(lambda: self.readiness()[0])
         self.admin = _admin_server(settings, self.metrics, self.readiness)
 
     @property
@@ -255,21 +262,27 @@ def _admin_server(
     )  # fmt: skip
 
 
-def default_route(settings: Settings, client: Sender, stopping: asyncio.Event) -> Route:
+def default_route(
+    settings: Settings, client: Sender, stopping: asyncio.Event, events: DeliveryEvents = NO_EVENTS
+) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY."""
     bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
     paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
-    retrying = RetryingSender(paced, deadline=settings.relay_retry_deadline, stopping=stopping)
+    retrying = RetryingSender(
+        paced, deadline=settings.relay_retry_deadline, stopping=stopping, events=events
+    )
     account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
     return Route(DEFAULT_ROUTE, account, sender=paced, retrying=retrying)
 
 
-def _worker(spool: SpoolBackend, router: Router, settings: Settings) -> SpoolWorker:
+def _worker(
+    spool: SpoolBackend, router: Router, settings: Settings, events: DeliveryEvents
+) -> SpoolWorker:
     policy = SpoolPolicy.from_settings(settings)
     bouncer = None
     if settings.relay_bounce_notices and settings.relay_bounce_from:
         bouncer = Bouncer(router.default.sender, settings.relay_bounce_from)
-    return SpoolWorker(spool, router, policy, bouncer=bouncer)
+    return SpoolWorker(spool, router, policy, bouncer=bouncer, events=events)
 
 
 def _handshake_timeout(settings: Settings) -> float:

@@ -35,7 +35,7 @@ from relay.errors import (
 from relay.ops.admin import AdminListenError
 from relay.ops.eventloop import run as run_on_loop
 from relay.ops.health import connect_host, probe
-from relay.ops.log import configure
+from relay.ops.log import configure, get_logger, log_uncaught_exceptions
 from relay.ops.memory import pin_mmap_threshold
 from relay.server import build_sender, run
 from relay.smtp.auth import hash_password
@@ -52,6 +52,24 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 Command = Callable[[argparse.Namespace], int]
+
+SERVE_EPILOG = """\
+settings, highest precedence first:
+  1. these flags (--dry-run, --host, --port)
+  2. the environment: AHASEND_* and RELAY_* variables
+  3. --env-file PATH, read as systemd's EnvironmentFile= reads it
+  secrets may instead come from AHASEND_API_KEY_FILE / RELAY_AUTH_PASSWORD_FILE or
+  from systemd credentials ahasend_api_key / relay_auth_password (LoadCredential=)
+  every variable is documented in config.example.env; an unknown AHASEND_* or
+  RELAY_* name is an error. `ahasend-relay check-config` validates them.
+
+exit status:
+  0   stopped by SIGTERM/SIGINT after a graceful shutdown
+  71  cannot listen on the SMTP or the metrics address
+  73  the spool (RELAY_SPOOL_DIR) cannot be opened
+  78  configuration error (one line on stderr names the setting); restarting
+      cannot help
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ahasend-relay {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the relay (the default command)")
+    serve = commands.add_parser(
+        "serve", help="run the relay (the default command)",
+        description="Accept SMTP and forward each message to AhaSend's HTTP API v2.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     _add_settings_options(serve)
     serve.add_argument("--dry-run", action="store_true", help="log payloads, never call AhaSend")
     serve.add_argument("--host", help="address to listen on (RELAY_HOST)")
@@ -127,21 +149,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     password = settings.relay_auth_password
     secrets = [key, password.get_secret_value() if password else ""]
-    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets)
+    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
+              recipients=settings.relay_log_recipients)  # fmt: skip
+    log_uncaught_exceptions()
     pin_mmap_threshold()
     try:
         run_on_loop(run(settings), settings.relay_event_loop)
     except AdminListenError as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_OSERR
+        return _startup_failed(str(exc), EX_OSERR)
     except SpoolUnavailable as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_CANTCREAT
+        return _startup_failed(str(exc), EX_CANTCREAT)
     except OSError as exc:  # the listener could not bind
-        print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
-        return EX_OSERR
+        where = f"{settings.relay_host}:{settings.relay_port}"
+        return _startup_failed(f"cannot listen on {where}: {exc.strerror or exc}", EX_OSERR)
     return EX_OK
+
+
+def _startup_failed(why: str, status: int) -> int:
+    """Log why serving could not start (in the configured log format); return ``status``."""
+    get_logger("relay.cli").error("startup_failed", error=why, exit_status=status)
+    return status
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.route import Router, Submission
 from relay.delivery.sender import Delivery
@@ -31,11 +32,16 @@ class Dispatcher:
     """Sends by ``router``'s routes; spools transient failures when ``spool`` is given."""
 
     def __init__(
-        self, router: Router, spool: SpoolBackend | None = None, policy: SpoolPolicy | None = None
+        self,
+        router: Router,
+        spool: SpoolBackend | None = None,
+        policy: SpoolPolicy | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
         self._router = router
         self._spool = spool
         self._policy = policy or SpoolPolicy()
+        self._events = events
 
     async def send_all(
         self, bodies: Sequence[bytes], keys: Sequence[str], submission: Submission
@@ -76,4 +82,5 @@ class Dispatcher:
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
         log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error)
-        return Delivery(status=0, spooled=True, spool_id=spool_id)
+        self._events.spool_event("spooled")
+        return Delivery(status=None, spooled=True, spool_id=spool_id)

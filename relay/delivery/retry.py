@@ -23,6 +23,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, retry_after_of
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import (
@@ -71,7 +72,9 @@ class RetryingSender:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         stopping: asyncio.Event | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._inner = inner
         self._deadline = deadline
         self._backoff = backoff or TRANSACTION_BACKOFF
@@ -101,6 +104,7 @@ class RetryingSender:
                 delay = self._backoff.delay(attempt + 1, self._rng, retry_after_of(exc))
                 if self._stopping.is_set() or self._clock() + delay >= deadline:
                     raise
+                self._events.retried(type(exc).__name__)
                 log.info(
                     "retrying",
                     idempotency_key=idempotency_key,

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 
 from relay.delivery.bounce import Bouncer
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import SpoolPolicy, retry_after_of
 from relay.delivery.route import Router
 from relay.delivery.sender import Delivery
@@ -58,7 +59,9 @@ class SpoolWorker:
         bouncer: Bouncer | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._spool = spool
         self._router = router
         self._policy = policy
@@ -106,6 +109,7 @@ class SpoolWorker:
         refused = "; ".join(f"{rcpt}: {why}" for rcpt, why in delivery.failures)
         note = f"recipients refused by the API: {refused}" if refused else None
         await self._spool.mark_delivered(entry.id, delivery.message_ids, note)
+        self._events.spool_event("delivered")
         log.info(
             "spool_delivered",
             spool_id=entry.id,
@@ -128,6 +132,7 @@ class SpoolWorker:
             return
         delay = self._policy.backoff.delay(entry.attempts + 1, self._rng, retry_after_of(error))
         await self._spool.defer(entry.id, reason, now + delay)
+        self._events.spool_event("deferred")
         log.info(
             "spool_deferred",
             spool_id=entry.id,
@@ -138,6 +143,7 @@ class SpoolWorker:
 
     async def _give_up(self, entry: SpoolEntry, reason: str, *, attempted: bool) -> None:
         await self._spool.kill(entry.id, reason, attempted=attempted)
+        self._events.spool_event("dead")
         log.warning(
             "spool_dead",
             spool_id=entry.id,

@@ -84,6 +84,8 @@ class Guard:
     tls_context: ssl.SSLContext | None = None
     on_auth_failure: Callable[[], None] = lambda: None
     """Called once per failed AUTH attempt (the server counts them in its metrics)."""
+    on_refusal: Callable[[Reply], None] = lambda reply: None
+    """Called with each refusal before DATA (connect, MAIL, AUTH lockout), for metrics."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -170,6 +172,7 @@ class GuardedSMTP(RelaySMTP):
             await super()._handle_client()  # admitted in _on_proxy, for the real client
         else:
             log.warning("proxy_peer_untrusted", client=ip_of(self._peer))
+            self.guard.on_refusal(CLIENT_NOT_ALLOWED)
             if self.transport is not None:
                 self.transport.close()
 
@@ -183,6 +186,7 @@ class GuardedSMTP(RelaySMTP):
             if trusted or self.guard.authenticator is not None or address in HEALTH_CHECK_PEERS:
                 return True
             refusal = CLIENT_NOT_ALLOWED
+        self.guard.on_refusal(refusal)
         log.warning("connection_refused", client=address, reply=refusal.code,
                     enhanced=refusal.enhanced, reason=refusal.text)  # fmt: skip
         await self.push(str(refusal))
@@ -226,6 +230,7 @@ class GuardedSMTP(RelaySMTP):
         if command == "PROXY":
             return await self._on_proxy(args[0])
         if command == "MAIL" and (refusal := self.mail_refusal(args[0])) is not None:
+            self.guard.on_refusal(refusal)
             log.warning("mail_refused", mail_from=args[0], reply=refusal.code,
                         reason=refusal.text, user=self._user_name)  # fmt: skip
             return str(refusal)
@@ -287,6 +292,7 @@ class GuardedSMTP(RelaySMTP):
                     failures=self._auth_failures, client=self.client.address)  # fmt: skip
         if self._auth_failures < self.guard.settings.relay_auth_max_failures:
             return AuthResult(success=False, handled=False, message=str(AUTH_INVALID))
+        self.guard.on_refusal(AUTH_TOO_MANY_FAILURES)
         await self.push(str(AUTH_TOO_MANY_FAILURES))
         if self.transport is not None:
             self.transport.close()

@@ -96,12 +96,17 @@ class RelayHandler:
     ) -> str:
         """Accept ``address`` unless the transaction is full or it has no domain (postmaster)."""
         if not usable_recipient(address):
-            return str(BAD_RECIPIENT_ADDRESS)
+            return self._refuse(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._max_recipients:
-            return str(TOO_MANY_RECIPIENTS)
+            return self._refuse(TOO_MANY_RECIPIENTS)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return str(OK_RECIPIENT)
+
+    def _refuse(self, reply: Reply) -> str:
+        if self._observer is not None:
+            self._observer.refused(reply)
+        return str(reply)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Deliver the message; the request id ties its log lines together."""
@@ -111,9 +116,11 @@ class RelayHandler:
     async def _deliver(self, server: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
-        record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
+        record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
+                   rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
+            record.add(msgid=translated.message_id)
             translated = self._vet_sender(translated, server)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
@@ -133,9 +140,14 @@ class RelayHandler:
             reply = LOCAL_ERROR
             record.add(error="InternalError")
         server.transactions = getattr(server, "transactions", 0) + 1
-        self._log_message(record, reply, started)
+        seconds = self._clock() - started
+        self._log_message(record, reply, seconds)
         if self._observer is not None:
-            self._observer.message_done(reply)
+            self._observer.message_done(
+                reply, seconds=seconds, size=record.fields["size"],
+                spooled=bool(record.fields.get("spooled")),
+                sent=record.fields.get("upstream_status") is not None,
+            )  # fmt: skip
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -203,8 +215,8 @@ class RelayHandler:
         more = f" (+{len(ids) - 1} more)" if len(ids) > 1 else ""
         return self._accepted_reply.with_detail(ids[0] + more)
 
-    def _log_message(self, record: _Record, reply: Reply, started: float) -> None:
-        latency_ms = round((self._clock() - started) * 1000, 2)
+    def _log_message(self, record: _Record, reply: Reply, seconds: float) -> None:
+        latency_ms = round(seconds * 1000, 2)
         level = log.info if reply.code < 400 else log.warning
         level("message", reply=reply.code, enhanced=reply.enhanced, latency_ms=latency_ms,
               **record.fields)  # fmt: skip

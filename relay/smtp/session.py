@@ -4,7 +4,9 @@
   including those aiosmtpd writes itself (``503 Error: need MAIL command``), except the
   greeting and the HELO/EHLO answers, as RFC 2034 §3 requires.
 - Each connection runs with ``session_id`` and ``peer`` bound in structlog's contextvars,
-  and ends with one ``session`` log event.
+  and ends with one ``session`` log event (at debug level when the client never sent
+  MAIL: health checks and load-balancer probes would otherwise log a line every few
+  seconds).
 - The line length limit is configurable: old HTML generators send lines far over 998
   octets, and aiosmtpd's default would answer ``500 Line too long`` and lose the mail.
 - DATA is read in chunks (``relay.smtp.dataread``), not line by line: same replies, a fraction
@@ -47,6 +49,7 @@ class RelaySMTP(SMTP):
         self._raw_replies = False
         self._in_mail = False
         self.transactions = 0
+        self.mail_attempted = False
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and not self._raw_replies:
@@ -106,6 +109,7 @@ class RelaySMTP(SMTP):
         return True
 
     async def smtp_MAIL(self, arg: str) -> None:
+        self.mail_attempted = True
         self._in_mail = True
         try:
             await self._as_extended(super().smtp_MAIL(arg))
@@ -149,7 +153,8 @@ class RelaySMTP(SMTP):
         try:
             await super()._handle_client()
         finally:
-            log.info(
+            probe = not (self.transactions or self.mail_attempted)  # health checks, LBs
+            (log.debug if probe else log.info)(
                 "session",
                 transactions=self.transactions,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
