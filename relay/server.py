@@ -6,7 +6,7 @@ the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and 
 AUTH users (``RelayServer.reload``) without closing the listeners.
 
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
-sessions are the same ``GuardedSMTP`` as on the plain port (``relay.smtp.guard``).
+sessions are the same ``RelaySession`` as on the plain port (``relay.smtp.session``).
 
 Delivery stack: the handler sends through ``RetryingSender`` (retries within the
 transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
@@ -47,10 +47,11 @@ from relay.ops.health import readiness
 from relay.ops.log import get_logger
 from relay.ops.metrics import MeteredTransport, RelayMetrics
 from relay.ops.systemd import Notifier
-from relay.smtp.drain import Refuser, TrackedSMTP, finish_sessions
+from relay.smtp.drain import Refuser, finish_sessions
 from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
+from relay.smtp.session import RelaySession
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -110,7 +111,7 @@ class RelayServer:
         self._worker_task: asyncio.Task[None] | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[TrackedSMTP] = set()
+        self._sessions: set[RelaySession] = set()
         self._draining = False
         self.metrics.sessions_open.func = lambda: len(self._sessions)
         self.admin = _admin_server(settings, self.metrics, self.readiness)
@@ -225,18 +226,8 @@ class RelayServer:
     def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
             return Refuser()
-        session = TrackedSMTP(
-            self.handler,
-            self._sessions,
-            guard=self.guard,
-            implicit_tls=implicit_tls,
-            hostname=self.settings.relay_hostname,
-            ident=f"ahasend-relay {__version__} ESMTP",
-            data_size_limit=self.settings.relay_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=self.settings.relay_smtp_timeout,
-            max_line_length=self.settings.relay_max_line_length,
+        session = RelaySession(
+            self.handler, guard=self.guard, registry=self._sessions, implicit_tls=implicit_tls
         )
         self._sessions.add(session)
         return session
