@@ -10,8 +10,8 @@ from aiosmtpd.smtp import Envelope
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.route import DEFAULT_ROUTE, Route, SingleRouter, Submission
 from relay.delivery.spool import SpoolEntry
+from relay.smtp.access import ClientState
 from relay.smtp.auth import AuthUser
-from relay.smtp.guard import ClientState
 from relay.smtp.handler import RelayHandler
 from tests.fakes import ACCEPTED, ScriptedSender
 
@@ -59,9 +59,8 @@ async def test_the_handler_hands_the_router_envelope_client_and_auth_user() -> N
     (only, _, retrying) = route("only")
     router = ByUser({None: only})
     handler = RelayHandler(Dispatcher(router))
-    server = SimpleNamespace(
-        session_id="s1", client=ClientState("192.0.2.7", trusted=False, user=AuthUser("alice"))
-    )
+    server = SimpleNamespace(session_id="s1", client=ClientState("192.0.2.7", trusted=False))
+    session = SimpleNamespace(auth_data=AuthUser("alice"))
     envelope = Envelope()
     envelope.mail_from = "app@example.com"
     envelope.rcpt_tos = ["ann@example.net", "bob@example.net"]
@@ -69,7 +68,7 @@ async def test_the_handler_hands_the_router_envelope_client_and_auth_user() -> N
         b"From: app@example.com\r\nTo: ann@example.net, bob@example.net\r\n"
         b"Subject: hi\r\n\r\nbody\r\n"
     )
-    reply = await handler.handle_DATA(server, None, envelope)
+    reply = await handler.handle_DATA(server, session, envelope)
     assert reply.startswith("250 ")
     assert router.asked == [
         Submission("app@example.com", ("ann@example.net", "bob@example.net"), "192.0.2.7", "alice")
