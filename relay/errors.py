@@ -17,6 +17,7 @@ later (4xx) or give up (5xx)::
      └── PermanentError                    5xx: the client bounces the message
           ├── MessageUnparseable           not a usable RFC 5322 message      554 5.6.0
           ├── InvalidHeader                a relay/AhaSend header is invalid  554 5.6.0
+          ├── MessageEncrypted             S/MIME or PGP/MIME encrypted       554 5.6.1
           ├── MessageTooLarge              over the size limit / 413          552 5.3.4
           ├── UpstreamRejected             400 / 422: the API refused it      554 5.6.0
           ├── UpstreamForbidden            403                                550 5.7.1
@@ -38,6 +39,7 @@ __all__ = [
     "ConfigError",
     "InternalError",
     "InvalidHeader",
+    "MessageEncrypted",
     "MessageTooLarge",
     "MessageUnparseable",
     "NothingQueued",
@@ -153,3 +155,7 @@ class SenderRefused(PermanentError):
 
 class NothingQueued(PermanentError):
     """AhaSend answered 202 but reported an error for every recipient."""
+
+
+class MessageEncrypted(PermanentError):
+    """The content is encrypted (S/MIME, PGP/MIME): rebuilt by the API, nobody could read it."""

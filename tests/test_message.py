@@ -178,17 +178,21 @@ def test_attachments_without_file_name_get_one_from_their_type() -> None:
     assert "content_disposition" not in unknown
 
 
-def test_further_text_parts_and_named_parts_become_attachments() -> None:
+def test_inline_text_parts_are_shown_in_order_and_named_parts_are_attachments() -> None:
     payload = one("extra_text_parts.eml")
-    assert payload["text_content"] == "First part is the body."
-    assert payload["html_content"] == "<p>first html is still a body</p>"
-    notes, footer, photo = payload["attachments"]
+    assert payload["text_content"] == (
+        "First part is the body.\nFooter, inline text without a name.\nfirst html is still a body\n"
+    )
+    assert payload["html_content"] == (
+        '<pre style="white-space: pre-wrap">First part is the body.</pre>\n'
+        '<pre style="white-space: pre-wrap">Footer, inline text without a name.</pre>\n'
+        "<p>first html is still a body</p>"
+    )
+    notes, photo = payload["attachments"]
     assert (notes["file_name"], attachment_bytes(notes)) == (
         "notes.txt",
         b"Named text is an attachment.",
     )
-    assert (footer["file_name"], footer["content_type"]) == ("attachment-2.txt", "text/plain")
-    assert attachment_bytes(footer) == b"Footer, inline text without a name."
     assert photo["file_name"] == "photo of me.jpg"  # unquoted name with spaces
 
 

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from relay.errors import PermanentError
-from relay.translate.message import _simple_mailboxes, translate
+from relay.translate.message import simple_mailboxes as _simple_mailboxes
+from relay.translate.message import translate
 from tests.spec import assert_valid_request
 
 FAST = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -130,6 +130,8 @@ class RelayHandler:
             envelope.content = envelope.original_content = None  # free it early
             del raw
             record.add(attachments=translated.attachment_count, idempotency_keys=keys)
+            if translated.notices:  # e.g. signature_removed: what the recipient will not get
+                record.add(notices=list(translated.notices))
             submission = _submission(server, session, envelope)
             deliveries = await self._send_all(translated, keys, submission, record)
             reply = self._reply_for_deliveries(deliveries)

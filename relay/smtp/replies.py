@@ -16,6 +16,7 @@ from typing import Final
 from relay.errors import (
     InternalError,
     InvalidHeader,
+    MessageEncrypted,
     MessageTooLarge,
     MessageUnparseable,
     NothingQueued,
@@ -135,6 +136,9 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     TransientError: LOCAL_ERROR,
     MessageUnparseable: Reply(554, "5.6.0", "Message could not be parsed"),
     InvalidHeader: Reply(554, "5.6.0", "Invalid header"),
+    MessageEncrypted: Reply(
+        554, "5.6.1", "Encrypted mail cannot be relayed: the API rebuilds MIME, send it unencrypted"
+    ),
     MessageTooLarge: TOO_LARGE,
     UpstreamRejected: Reply(554, "5.6.0", "Rejected by AhaSend"),
     UpstreamForbidden: Reply(550, "5.7.1", "Sending not permitted by AhaSend"),
