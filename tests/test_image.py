@@ -1,8 +1,9 @@
 """The real image: built from the Dockerfile with podman, run, probed, stopped.
 
 No image registry is reachable here, so the base image ``python:3.12-slim`` is
-bootstrapped from Debian packages (debootstrap: Debian 12's Python 3.11 with venv and pip,
-pip's "externally managed" marker removed as in the official image) and stored under that
+bootstrapped from Debian packages (debootstrap: Debian 12's Python 3.11 with venv, pip
+installed by ensurepip under /usr/local and the "externally managed" marker removed, as in
+the official image, whose PATH it gets too) and stored under that
 name in a podman storage of the tests' own (``STORE``, kept between runs as a cache).
 The Dockerfile is built unchanged; what differs from a Docker engine, all for this
 machine's sake: vfs storage, chroot isolation for RUN steps, the host network (PyPI through
@@ -63,14 +64,17 @@ def bootstrap_base() -> None:
     assert tool, "debootstrap is missing: .ci/run installs it"
     with tempfile.TemporaryDirectory(prefix="ahasend-relay-rootfs-") as rootfs:
         subprocess.run(
-            [tool, "--variant=minbase", "--include=python3,python3-venv,python3-pip,"
-             "python-is-python3,passwd,ca-certificates", "bookworm", rootfs,
-             "http://deb.debian.org/debian"],
+            [tool, "--variant=minbase", "--include=python3,python3-venv,python-is-python3,"
+             "passwd,ca-certificates", "bookworm", rootfs, "http://deb.debian.org/debian"],
             check=True, capture_output=True, timeout=BUILD_TIMEOUT,
         )  # fmt: skip
         Path(rootfs).chmod(0o755)  # the image's "/" (a temporary directory is 0700)
         for marker in Path(rootfs).glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
             marker.unlink()
+        # pip as the official image has it: installed with a RECORD, under /usr/local
+        # (ensurepip, from Debian's bundled wheel), so that `pip uninstall pip` removes it.
+        subprocess.run(["chroot", rootfs, "python3", "-m", "ensurepip", "--default-pip"],
+                       check=True, capture_output=True, timeout=300)  # fmt: skip
         archive = Path(rootfs + ".tar")
         try:
             subprocess.run(["tar", "-C", rootfs, "-cf", str(archive), "."], check=True,
@@ -126,11 +130,15 @@ def test_image_config_matches_the_dockerfile(image: str) -> None:
 
 
 def test_the_runtime_image_has_no_pip_or_setuptools(image: str) -> None:
-    probe = ("import importlib.util as u, shutil, sys; sys.exit(any(u.find_spec(m) "
-             "for m in ('pip', 'setuptools')) or bool(shutil.which('pip')))")  # fmt: skip
+    probe = ("import importlib.util as u, sys; "
+             "sys.exit(any(u.find_spec(m) for m in ('pip', 'setuptools')))")  # fmt: skip
     result = podman("run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "python",
                     image, "-c", probe, check=False)  # fmt: skip
     assert result.returncode == 0, result.stderr
+    pip = podman("run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "/bin/sh",
+                 image, "-c", "pip --version || python -m pip --version", check=False)  # fmt: skip
+    assert pip.returncode != 0
+    assert "No module named pip" in pip.stdout + pip.stderr
     group = podman("run", "--rm", "--network", "none", *LIMITS, "--entrypoint", "getent",
                    image, "group", "10001").stdout  # fmt: skip
     assert group.startswith("relay:x:10001:")
