@@ -2,7 +2,7 @@
 
 No image registry is reachable here, so the base image ``python:3.12-slim`` is
 bootstrapped from Debian packages (debootstrap: Debian 12's Python 3.11 with venv, pip
-installed by ensurepip under /usr/local and the "externally managed" marker removed, as in
+installed from Debian's wheel under /usr/local and the "externally managed" marker removed, as in
 the official image, whose PATH it gets too) and stored under that
 name in a podman storage of the tests' own (``STORE``, kept between runs as a cache).
 The Dockerfile is built unchanged; what differs from a Docker engine, all for this
@@ -72,8 +72,12 @@ def bootstrap_base() -> None:
         for marker in Path(rootfs).glob("usr/lib/python3*/EXTERNALLY-MANAGED"):
             marker.unlink()
         # pip as the official image has it: installed with a RECORD, under /usr/local
-        # (ensurepip, from Debian's bundled wheel), so that `pip uninstall pip` removes it.
-        subprocess.run(["chroot", rootfs, "python3", "-m", "ensurepip", "--default-pip"],
+        # (from Debian's bundled wheel; Debian disables ensurepip for its own Python), so
+        # that `pip uninstall pip` removes it.
+        [wheel] = [f"/{p.relative_to(rootfs)}"
+                   for p in Path(rootfs).glob("usr/share/python-wheels/pip-*.whl")]  # fmt: skip
+        subprocess.run(["chroot", rootfs, "python3", f"{wheel}/pip", "install", "--no-index",
+                        "--no-cache-dir", "--ignore-installed", wheel],
                        check=True, capture_output=True, timeout=300)  # fmt: skip
         archive = Path(rootfs + ".tar")
         try:
