@@ -3,6 +3,7 @@ from files and systemd credentials. Each configuration error: its exit status an
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,17 @@ def test_serve_help_names_sources_example_and_exit_codes() -> None:
         assert needle in text, needle
     codes = [line.split()[0] for line in text.split("exit status:")[1].splitlines() if line.strip()]
     assert [c for c in codes if c.isdigit()] == ["0", "71", "73", "78"]
+
+
+# -- exit 73: the spool -------------------------------------------------------------------------
+
+
+def test_serve_with_an_unusable_spool_exits_73(tmp_path: Path) -> None:
+    not_a_directory = tmp_path / "spool"
+    not_a_directory.write_text("a file where the spool directory should be\n")
+    result = run_cli("serve", "--port", "0", RELAY_DRY_RUN="true", RELAY_LOG_FORMAT="json",
+                     RELAY_SPOOL_DIR=str(not_a_directory))  # fmt: skip
+    assert result.returncode == 73
+    failed = json.loads(result.stderr.splitlines()[-1])
+    assert (failed["event"], failed["exit_status"]) == ("startup_failed", 73)
+    assert str(not_a_directory) in failed["error"]
