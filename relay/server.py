@@ -15,7 +15,7 @@ open, SIGTERM/SIGINT (graceful shutdown) once serving; each signal's previous ha
 restored on the way out, whether start-up failed or the relay served and stopped.
 
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
-sessions are the same ``GuardedSMTP`` as on the plain port (``relay.smtp.guard``).
+sessions are the same ``RelaySession`` as on the plain port (``relay.smtp.session``).
 
 Delivery stack: the handler sends through its route's ``RetryingSender`` (retries within
 the transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client (see
@@ -53,9 +53,10 @@ from relay.ops.admin import AdminServer
 from relay.ops.log import get_logger
 from relay.ops.metrics import RelayMetrics
 from relay.ops.systemd import Notifier
-from relay.smtp.drain import Refuser, TrackedSMTP, finish_sessions
+from relay.smtp.drain import Refuser, finish_sessions
 from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
+from relay.smtp.session import RelaySession
 
 __all__ = ["RelayServer", "run"]
 
@@ -72,7 +73,7 @@ class RelayServer:
     def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
         self._sender = sender
-        self._sessions: set[TrackedSMTP] = set()
+        self._sessions: set[RelaySession] = set()
         self._relay: Relay | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
@@ -241,18 +242,8 @@ class RelayServer:
     def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
             return Refuser()
-        session = TrackedSMTP(
-            self.handler,
-            self._sessions,
-            guard=self.guard,
-            implicit_tls=implicit_tls,
-            hostname=self.settings.relay_hostname,
-            ident=f"ahasend-relay {__version__} ESMTP",
-            data_size_limit=self.settings.relay_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=self.settings.relay_smtp_timeout,
-            max_line_length=self.settings.relay_max_line_length,
+        session = RelaySession(
+            self.handler, guard=self.guard, registry=self._sessions, implicit_tls=implicit_tls
         )
         self._sessions.add(session)
         return session
