@@ -8,6 +8,7 @@ process environment, then an env file (``--env-file``). Every variable is docume
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from pathlib import Path
@@ -77,6 +78,7 @@ class Settings(BaseSettings):
 
     # -- security (relay.smtp: guard, auth, tls, policy, limits) ----
     relay_auth_file: Path | None = None
+    relay_tenants_file: Path | None = None
     relay_auth_user: str | None = None
     relay_auth_password: SecretStr | None = None
     relay_auth_allow_plaintext: bool = False
@@ -131,6 +133,8 @@ class Settings(BaseSettings):
     def _require_credentials(self) -> Settings:
         if self.relay_dry_run:
             return self
+        if self.relay_tenants_file is not None:
+            return self._require_tenant_safe_spool()
         missing = [
             name
             for name, value in (
@@ -143,6 +147,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"{' and '.join(missing)} must be set (or RELAY_DRY_RUN=true to run without)"
             )
+        return self
+
+    def _require_tenant_safe_spool(self) -> Settings:
+        """With tenants the global key is optional; a half-given one is still an error."""
+        if (self.ahasend_api_key is None) != (self.ahasend_account_id is None):
+            raise ValueError("AHASEND_API_KEY and AHASEND_ACCOUNT_ID go together")
+        if self.relay_spool_dir is not None:
+            # The spool does not yet record which tenant an entry belongs to; resending
+            # a tenant's mail with another key would be worse than refusing the setup.
+            raise ValueError("RELAY_TENANTS_FILE cannot be combined with RELAY_SPOOL_DIR yet")
         return self
 
     @model_validator(mode="after")
@@ -295,3 +309,8 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}" if name else message)
     return "; ".join(lines)
+
+
+def environment_variable(name: str) -> str | None:
+    """One environment variable by name (a tenant's ``api_key_env``); None when unset."""
+    return os.environ.get(name)

@@ -123,7 +123,7 @@ class RelayHandler:
             envelope.content = envelope.original_content = None  # free it early
             del raw
             record.add(attachments=translated.attachment_count, idempotency_keys=keys)
-            submission = _submission(server, envelope)
+            submission = _submission(server, session, envelope)
             deliveries = await self._send_all(translated, keys, submission, record)
             reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
@@ -209,10 +209,10 @@ class RelayHandler:
               **record.fields)  # fmt: skip
 
 
-def _submission(server: Any, envelope: Any) -> Submission:
+def _submission(server: Any, session: Any, envelope: Any) -> Submission:
     """The transaction as the router sees it: envelope, client address, AUTH user."""
     client = getattr(server, "client", None)
-    user = getattr(client, "user", None)
+    user = authenticated_user(session)
     return Submission(
         mail_from=envelope.mail_from,
         rcpt_tos=tuple(envelope.rcpt_tos),

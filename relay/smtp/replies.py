@@ -18,6 +18,7 @@ from relay.errors import (
     InvalidHeader,
     MessageTooLarge,
     MessageUnparseable,
+    NoTenant,
     NothingQueued,
     PermanentError,
     RelayError,
@@ -140,6 +141,7 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     UpstreamForbidden: Reply(550, "5.7.1", "Sending not permitted by AhaSend"),
     NothingQueued: Reply(554, "5.0.0", "AhaSend queued no recipient"),
     SenderRefused: Reply(550, "5.7.1", "Sender address not allowed"),
+    NoTenant: Reply(550, "5.7.1", "Access denied: no tenant for this client"),
     PermanentError: Reply(554, "5.0.0", "Message rejected"),
 }
 

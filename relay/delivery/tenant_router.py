@@ -1,0 +1,86 @@
+"""The multi-tenant router: each transaction goes with its tenant's key, account and bucket.
+
+``TenantRouter`` holds one ``Route`` per tenant (named after the tenant) and, when the
+global ``AHASEND_API_KEY``/``AHASEND_ACCOUNT_ID`` are set, the default route for clients
+no tenant claims. Without a global key such clients get ``NO_TENANT``: a route whose
+sender raises ``NoTenant`` (550 5.7.1) before any API call.
+
+Pacing is per AhaSend account: ``AccountBuckets`` hands every route of one account the
+same ``TokenBucket``, so tenants sharing an account share its rate limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from relay.delivery.pacing import TokenBucket
+from relay.delivery.route import Route, Submission
+from relay.delivery.sender import Delivery
+from relay.delivery.spool.base import SpoolEntry
+from relay.delivery.tenants import Tenant, Tenants
+from relay.errors import NoTenant
+
+__all__ = ["NO_TENANT", "AccountBuckets", "TenantRouter"]
+
+
+class _Refusing:
+    """A sender that refuses every request: the client belongs to no tenant."""
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        raise NoTenant()
+
+    async def aclose(self) -> None:
+        return None
+
+
+NO_TENANT = Route("no-tenant", "", sender=_Refusing(), retrying=_Refusing())
+
+
+class AccountBuckets:
+    """One ``TokenBucket`` per AhaSend account id, created on first use."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self._rate, self._burst = rate, burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def for_account(self, account_id: str) -> TokenBucket:
+        key = account_id.lower()
+        if key not in self._buckets:
+            self._buckets[key] = TokenBucket(self._rate, self._burst)
+        return self._buckets[key]
+
+
+class TenantRouter:
+    """Routes by ``tenants``; ``fallback`` (the global key's route) or ``NO_TENANT`` else."""
+
+    def __init__(
+        self,
+        tenants: Tenants,
+        route_for: Callable[[Tenant], Route],
+        fallback: Route | None = None,
+    ) -> None:
+        self.tenants = tenants
+        self._routes = {t.name: route_for(t) for t in tenants.tenants}
+        self._fallback = fallback
+
+    @property
+    def default(self) -> Route:
+        return self._fallback if self._fallback is not None else NO_TENANT
+
+    def tenant_of(self, submission: Submission) -> Tenant | None:
+        """The tenant ``submission`` belongs to (AUTH user, then network), or None."""
+        return self.tenants.resolve(submission.user, submission.client)
+
+    def route(self, submission: Submission) -> Route:
+        tenant = self.tenant_of(submission)
+        return self._routes[tenant.name] if tenant is not None else self.default
+
+    def spooled(self, entry: SpoolEntry) -> Route:
+        # Settings refuse RELAY_TENANTS_FILE with a spool until entries record their tenant.
+        return self.default
+
+    async def aclose(self) -> None:
+        for route in self._routes.values():
+            await route.sender.aclose()
+        if self._fallback is not None:
+            await self._fallback.sender.aclose()
