@@ -104,6 +104,7 @@ async def assemble(
         accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
         sender_policy=guard.senders,
         observer=metrics,
+        tenant_of=_tenant_of(router),
     )
     return Relay(
         settings=settings, guard=guard, metrics=metrics, router=router, handler=handler,
@@ -222,6 +223,13 @@ def build_router(
         )
 
     return TenantRouter(load_tenants_of(settings, guard), route_for, fallback)
+
+
+def _tenant_of(router: Router) -> Callable[[str | None, str], Tenant | None] | None:
+    """The handler's tenant look-up: the router's current tenants (None without tenants)."""
+    if not isinstance(router, TenantRouter):
+        return None
+    return router.tenant
 
 
 def tenant_sender(settings: Settings, tenant: Tenant, metrics: RelayMetrics) -> Sender:

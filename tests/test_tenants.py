@@ -323,3 +323,92 @@ def test_network_tenant_without_auth_and_user_beats_network(
     [request] = standin.requests
     assert request.headers["authorization"] == f"Bearer {crm.key}"
     assert request.path == f"/v2/accounts/{crm.account}/messages/conversation"
+
+
+# -- each tenant's policy ------------------------------------------------------------------
+
+
+def policy_relay(standin: StandIn, certs: Certs, tmp_path: Path, **fields: Any) -> Any:
+    """A relay with tenants crm (``fields`` added) and billing; their keys granted."""
+    crm, billing = apps(2)
+    for app in (crm, billing):
+        standin.grant(app.key, app.account)
+    tables = [tenant_table(tmp_path, crm, **fields),
+              tenant_table(tmp_path, billing, sender_domains=["billing.example"])]  # fmt: skip
+    settings = relay_settings(standin, certs, tmp_path, write_tenants(tmp_path, tables))
+    return running_relay(settings), crm
+
+
+def login(port: int, user: str) -> smtplib.SMTP:
+    client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    client.ehlo("client.test")
+    client.login(user, PASSWORD)
+    return client
+
+
+@pytest.mark.e2e
+def test_recipient_outside_the_tenants_patterns_is_refused_at_rcpt_others_accepted(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    running, crm = policy_relay(
+        standin, certs, tmp_path, recipients=["*@example.org", "ops@partner.example"]
+    )
+    with running as relay, login(relay.port, "crm") as client:
+        assert client.mail("app@example.com") == (250, b"2.1.0 Sender OK")
+        assert client.rcpt("ann@example.net") == (550, b"5.7.1 Recipient not allowed")
+        assert client.rcpt("Bob@Example.ORG")[0] == 250
+        assert client.rcpt("ops@partner.example")[0] == 250
+        assert client.rcpt("dev@partner.example") == (550, b"5.7.1 Recipient not allowed")
+        message = b"From: app@example.com\r\nTo: Bob@Example.ORG\r\nSubject: s\r\n\r\nhi\r\n"
+        assert client.data(message)[0] == 250
+    [request] = standin.requests
+    assert request.headers["authorization"] == f"Bearer {crm.key}"
+    sent_to = [r["email"] for k in ("to", "cc", "bcc") for r in request.json.get(k) or []]
+    assert sorted(sent_to) == ["Bob@Example.ORG", "ops@partner.example"]
+
+
+@pytest.mark.e2e
+def test_a_user_cannot_send_as_another_tenants_domain(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    running, _ = policy_relay(standin, certs, tmp_path, sender_domains=["crm.example"])
+    with running as relay:
+        with login(relay.port, "crm") as client:
+            assert client.mail("bills@billing.example") == (
+                550,
+                b"5.7.1 Sender address not allowed",
+            )
+            assert client.mail("sales@crm.example")[0] == 250
+            client.rcpt("ann@example.net")
+            code, text = client.data(
+                b"From: bills@billing.example\r\nTo: ann@example.net\r\nSubject: s\r\n\r\nhi\r\n"
+            )
+            assert (code, text) == (550, b"5.7.1 Sender address not allowed: billing.example")
+        with login(relay.port, "billing") as client:
+            assert client.mail("sales@crm.example") == (550, b"5.7.1 Sender address not allowed")
+    assert standin.requests == []
+
+
+@pytest.mark.e2e
+def test_tags_are_the_union_and_a_forced_sandbox_beats_the_header(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    running, _ = policy_relay(standin, certs, tmp_path, tags=["crm", "shared"], sandbox=True)
+    with running as relay:
+        for user in ("crm", "billing"):
+            with login(relay.port, user) as client:
+                client.mail("app@example.com" if user == "crm" else "bills@billing.example")
+                client.rcpt("ann@example.net")
+                code, _ = client.data(
+                    b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: s\r\n"
+                    b"AhaSend-Tags: own, shared\r\nAhaSend-Sandbox: false\r\n\r\nhi\r\n"
+                    if user == "crm"
+                    else b"From: bills@billing.example\r\nTo: ann@example.net\r\nSubject: s\r\n"
+                    b"AhaSend-Sandbox: false\r\n\r\nhi\r\n"
+                )
+                assert code == 250
+    crm_request, billing_request = standin.requests
+    assert crm_request.json["tags"] == ["own", "shared", "crm"]
+    assert crm_request.json["sandbox"] is True
+    assert billing_request.json.get("sandbox") is False
+    assert "tags" not in billing_request.json

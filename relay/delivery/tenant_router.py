@@ -67,9 +67,13 @@ class TenantRouter:
     def default(self) -> Route:
         return self._fallback if self._fallback is not None else NO_TENANT
 
+    def tenant(self, user: str | None, client: str) -> Tenant | None:
+        """The tenant of an AUTH ``user`` or a ``client`` address in the current tenants."""
+        return self.tenants.resolve(user, client)
+
     def tenant_of(self, submission: Submission) -> Tenant | None:
         """The tenant ``submission`` belongs to (AUTH user, then network), or None."""
-        return self.tenants.resolve(submission.user, submission.client)
+        return self.tenant(submission.user, submission.client)
 
     def route(self, submission: Submission) -> Route:
         tenant = self.tenant_of(submission)

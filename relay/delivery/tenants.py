@@ -247,3 +247,28 @@ def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     return ip
+
+
+def allowed_domains(
+    user_domains: frozenset[str] | None, tenant: Tenant | None
+) -> frozenset[str] | None:
+    """The sender domains an AUTH user's list and its tenant's list both allow (None: any)."""
+    tenant_domains = tenant.sender_domains if tenant is not None else None
+    if user_domains is None or tenant_domains is None:
+        return user_domains if tenant_domains is None else tenant_domains
+    return user_domains & tenant_domains
+
+
+def apply_tenant(payload: dict[str, Any], tenant: Tenant | None) -> dict[str, Any]:
+    """``payload`` with the tenant's tags added (the union, message's first) and, when the
+    tenant forces it, ``sandbox`` true whatever the message's ``AhaSend-Sandbox`` said."""
+    if tenant is None:
+        return payload
+    applied = dict(payload)
+    tags = list(payload.get("tags") or [])
+    tags += [tag for tag in tenant.tags if tag not in tags]
+    if tags:
+        applied["tags"] = tags
+    if tenant.sandbox:
+        applied["sandbox"] = True
+    return applied

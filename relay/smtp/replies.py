@@ -37,6 +37,7 @@ from relay.errors import (
 )
 
 __all__ = [
+    "RECIPIENT_NOT_ALLOWED",
     "REPLY_FOR",
     "Reply",
     "reply_for",
@@ -104,6 +105,7 @@ AUTH_NOT_ENABLED: Final = Reply(503, "5.5.1", "Authentication not enabled")
 AUTH_TOO_MANY_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts")
 CLIENT_NOT_ALLOWED: Final = Reply(554, "5.7.1", "Access denied: client not allowed")
 SENDER_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Sender address not allowed")
+RECIPIENT_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Recipient not allowed")
 TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try again later")
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
