@@ -96,6 +96,7 @@ async def assemble(
     stop_retrying = asyncio.Event()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
     router = build_router(settings, guard, client, metrics, stop_retrying)
+    guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
     policy = SpoolPolicy.from_settings(settings)
     handler = RelayHandler(
@@ -223,6 +224,18 @@ def build_router(
         )
 
     return TenantRouter(load_tenants_of(settings, guard), route_for, fallback)
+
+
+def _with_tenant_networks(guard: Guard, router: Router) -> Guard:
+    """``guard`` trusting, like RELAY_ALLOWED_NETWORKS, the router's tenants' networks."""
+    if not isinstance(router, TenantRouter):
+        return guard
+
+    def in_tenant_network(address: str) -> bool:
+        return router.tenants.by_network(address) is not None
+
+    access = dataclasses.replace(guard.access, tenant_network=in_tenant_network)
+    return dataclasses.replace(guard, access=access)
 
 
 def _tenant_of(router: Router) -> Callable[[str | None, str], Tenant | None] | None:

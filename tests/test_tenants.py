@@ -412,3 +412,34 @@ def test_tags_are_the_union_and_a_forced_sandbox_beats_the_header(
     assert crm_request.json["sandbox"] is True
     assert billing_request.json.get("sandbox") is False
     assert "tags" not in billing_request.json
+
+
+@pytest.mark.e2e
+def test_a_tenants_network_sends_without_auth_outside_the_allowed_networks(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    crm, scanner = apps(2)
+    for app in (crm, scanner):
+        standin.grant(app.key, app.account)
+    tables = [tenant_table(tmp_path, crm),
+              tenant_table(tmp_path, scanner, users=[], networks=["127.0.0.2/32"])]  # fmt: skip
+    settings = relay_settings(
+        standin, certs, tmp_path, write_tenants(tmp_path, tables),
+        relay_allowed_networks="192.0.2.0/24",
+    )  # fmt: skip
+    message = b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: s\r\n\r\nhi\r\n"
+    with running_relay(settings) as relay:
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.ehlo("client.test")
+            assert client.mail("app@example.com") == (530, b"5.7.0 Authentication required")
+        source = ("127.0.0.2", 0)
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10, source_address=source) as client:
+            client.ehlo("client.test")
+            assert client.mail("app@example.com")[0] == 250
+            assert client.rcpt("ann@example.net")[0] == 250
+            assert client.data(message)[0] == 250
+        with login(relay.port, "crm") as client:
+            client.sendmail("app@example.com", ["ann@example.net"], message)
+    assert [r.headers["authorization"] for r in standin.requests] == [
+        f"Bearer {scanner.key}", f"Bearer {crm.key}",
+    ]  # fmt: skip
