@@ -52,7 +52,7 @@ from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
 
-__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool"]
+__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool", "reload_tenants"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +224,16 @@ def build_router(
         )
 
     return TenantRouter(load_tenants_of(settings, guard), route_for, fallback)
+
+
+def reload_tenants(relay: Relay) -> int | None:
+    """SIGHUP: re-read RELAY_TENANTS_FILE and its key files into the router; the number
+    of tenants, or None without tenants. ConfigError (old tenants kept) when it does not load."""
+    if not isinstance(relay.router, TenantRouter):
+        return None
+    tenants = load_tenants_of(relay.settings, relay.guard)
+    relay.router.reload(tenants)
+    return len(tenants.tenants)
 
 
 def _with_tenant_networks(guard: Guard, router: Router) -> Guard:

@@ -16,6 +16,7 @@ from typing import Any
 
 import bcrypt
 import pytest
+import structlog.testing
 
 from relay.delivery.tenants import Tenants, load_tenants
 from relay.errors import ConfigError
@@ -443,3 +444,43 @@ def test_a_tenants_network_sends_without_auth_outside_the_allowed_networks(
     assert [r.headers["authorization"] for r in standin.requests] == [
         f"Bearer {scanner.key}", f"Bearer {crm.key}",
     ]  # fmt: skip
+
+
+@pytest.mark.e2e
+def test_reload_adds_a_tenant_rotates_a_key_and_keeps_the_old_file_when_broken(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    crm, billing = apps(2)
+    for app in (crm, billing):
+        standin.grant(app.key, app.account)
+    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm)])
+    settings = relay_settings(
+        standin, certs, tmp_path, path, ahasend_api_key=None, ahasend_account_id=None
+    )
+    with running_relay(settings) as relay, structlog.testing.capture_logs() as logged:
+        assert relay.server is not None
+        assert send(relay.port, "billing") == (
+            550,
+            b"5.7.1 Access denied: no tenant for this client",
+        )
+        rotated = App(crm.name, f"aha-sk-crm-rotated-{uuid.uuid4().hex}", crm.account)
+        standin.grant(rotated.key, rotated.account)
+        standin.revoke(crm.key)
+        write_tenants(tmp_path, [tenant_table(tmp_path, rotated), tenant_table(tmp_path, billing)])
+        relay.server.reload()
+        assert send(relay.port, "billing")[0] == 250
+        assert send(relay.port, "crm")[0] == 250
+        path.write_text("[[tenant]]\nname = 'crm'\naccount_id = 'broken'\n", encoding="utf-8")
+        relay.server.reload()
+        assert send(relay.port, "crm")[0] == 250
+    assert [r.headers["authorization"] for r in standin.requests] == [
+        f"Bearer {billing.key}", f"Bearer {rotated.key}", f"Bearer {rotated.key}",
+    ]  # fmt: skip
+    assert all(r.accepted for r in standin.requests)
+    events = [e for e in logged if e["event"] in {"tenants_reloaded", "reload_failed"}]
+    assert [e["event"] for e in events] == ["tenants_reloaded", "reload_failed"]
+    assert events[0]["tenants"] == 2
+    assert events[1]["error"] == (
+        "RELAY_TENANTS_FILE tenant 'crm': account_id: not a UUID: 'broken'"
+    )
+    assert not any(rotated.key in str(e) or crm.key in str(e) for e in logged)

@@ -60,8 +60,26 @@ class TenantRouter:
         fallback: Route | None = None,
     ) -> None:
         self.tenants = tenants
+        self._route_for = route_for
         self._routes = {t.name: route_for(t) for t in tenants.tenants}
         self._fallback = fallback
+        self._retired: list[Route] = []
+
+    def reload(self, tenants: Tenants) -> None:
+        """Switch to ``tenants`` (SIGHUP): a tenant whose key or account changed, or a new
+        one, gets a new route; an unchanged one keeps its route. Replaced routes' clients
+        are closed at shutdown (requests in flight on them finish)."""
+        old = {t.name: t for t in self.tenants.tenants}
+        routes: dict[str, Route] = {}
+        for tenant in tenants.tenants:
+            before = old.get(tenant.name)
+            if before is not None and _same_route(before, tenant):
+                routes[tenant.name] = self._routes[tenant.name]
+            else:
+                routes[tenant.name] = self._route_for(tenant)
+        kept = {id(r) for r in routes.values()}
+        self._retired += [r for r in self._routes.values() if id(r) not in kept]
+        self.tenants, self._routes = tenants, routes
 
     @property
     def default(self) -> Route:
@@ -84,7 +102,11 @@ class TenantRouter:
         return self.default
 
     async def aclose(self) -> None:
-        for route in self._routes.values():
+        for route in [*self._routes.values(), *self._retired]:
             await route.sender.aclose()
         if self._fallback is not None:
             await self._fallback.sender.aclose()
+
+
+def _same_route(before: Tenant, after: Tenant) -> bool:
+    return (before.api_key, before.account_id) == (after.api_key, after.account_id)
