@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         if self.relay_dry_run:
             return self
         if self.relay_tenants_file is not None:
-            return self._require_tenant_safe_spool()
+            return self._require_global_key_whole()
         missing = [
             name
             for name, value in (
@@ -149,14 +149,10 @@ class Settings(BaseSettings):
             )
         return self
 
-    def _require_tenant_safe_spool(self) -> Settings:
+    def _require_global_key_whole(self) -> Settings:
         """With tenants the global key is optional; a half-given one is still an error."""
         if (self.ahasend_api_key is None) != (self.ahasend_account_id is None):
             raise ValueError("AHASEND_API_KEY and AHASEND_ACCOUNT_ID go together")
-        if self.relay_spool_dir is not None:
-            # The spool does not yet record which tenant an entry belongs to; resending
-            # a tenant's mail with another key would be worse than refusing the setup.
-            raise ValueError("RELAY_TENANTS_FILE cannot be combined with RELAY_SPOOL_DIR yet")
         return self
 
     @model_validator(mode="after")

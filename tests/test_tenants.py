@@ -8,6 +8,7 @@ tenant's ``Authorization`` and account path.
 from __future__ import annotations
 
 import smtplib
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from relay.errors import ConfigError
 from tests.harness import running_relay, settings_for
 from tests.ops_support import run_cli
 from tests.security_support import Certs
-from tests.standin import StandIn
+from tests.standin import Scripted, StandIn
 
 PASSWORD = "tenant-pa55word"
 APPS = ("crm", "billing", "scanner")
@@ -230,16 +231,6 @@ def test_start_with_broken_file_exits_78_naming_tenant_and_field(tmp_path: Path)
         in result.stderr.strip().splitlines()[-1]
     )
     assert crm.key not in result.stderr + result.stdout
-
-
-def test_tenants_file_and_spool_refused_until_the_spool_records_tenants(tmp_path: Path) -> None:
-    [crm] = apps(1)
-    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm, users=[])])
-    result = run_cli(
-        RELAY_TENANTS_FILE=str(path), RELAY_SPOOL_DIR=str(tmp_path / "spool"),
-    )  # fmt: skip
-    assert result.returncode == 78
-    assert "RELAY_TENANTS_FILE cannot be combined with RELAY_SPOOL_DIR yet" in result.stderr
 
 
 # -- each app's key and account, end to end ----------------------------------------------
@@ -484,3 +475,46 @@ def test_reload_adds_a_tenant_rotates_a_key_and_keeps_the_old_file_when_broken(
         "RELAY_TENANTS_FILE tenant 'crm': account_id: not a UUID: 'broken'"
     )
     assert not any(rotated.key in str(e) or crm.key in str(e) for e in logged)
+
+
+@pytest.mark.e2e
+def test_spooled_mail_takes_the_key_current_at_delivery_and_a_removed_tenants_dies(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    crm, billing = apps(2)
+    for app in (crm, billing):
+        standin.grant(app.key, app.account)
+    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm), tenant_table(tmp_path, billing)])
+    settings = relay_settings(
+        standin, certs, tmp_path, path, ahasend_api_key=None, ahasend_account_id=None,
+        relay_spool_dir=tmp_path / "spool", relay_spool_retry_min=1.0,
+        relay_spool_retry_max=1.0,
+    )  # fmt: skip
+    standin.script(Scripted(503), Scripted(503))
+    with running_relay(settings) as relay:
+        assert relay.server is not None
+        spool = relay.server.spool
+        assert spool is not None
+        assert send(relay.port, "crm") == (250, b"2.0.0 Queued for delivery: spool id 1")
+        assert send(relay.port, "billing") == (250, b"2.0.0 Queued for delivery: spool id 2")
+        rotated = App(crm.name, f"aha-sk-crm-rotated-{uuid.uuid4().hex}", crm.account)
+        standin.grant(rotated.key, rotated.account)
+        standin.revoke(crm.key)
+        write_tenants(tmp_path, [tenant_table(tmp_path, rotated)])
+        relay.server.reload()
+        standin.wait_for(3, timeout=15)
+        deadline = time.monotonic() + 15
+        while (entry := relay.call(spool.get(2))).state != "dead":
+            assert time.monotonic() < deadline, entry
+            time.sleep(0.1)
+        delivered = relay.call(spool.get(1))
+    assert [r.headers["authorization"] for r in standin.requests] == [
+        f"Bearer {crm.key}", f"Bearer {billing.key}", f"Bearer {rotated.key}",
+    ]  # fmt: skip
+    assert standin.requests[2].accepted
+    assert (delivered.state, delivered.route) == ("delivered", "crm")
+    assert (entry.route, entry.last_error) == (
+        "billing", "tenant 'billing' is no longer in RELAY_TENANTS_FILE",
+    )  # fmt: skip
+    stored = b"".join(f.read_bytes() for f in (tmp_path / "spool").iterdir())
+    assert all(app.key.encode() not in stored for app in (crm, billing, rotated))

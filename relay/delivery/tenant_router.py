@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from relay.delivery.pacing import TokenBucket
-from relay.delivery.route import Route, Submission
+from relay.delivery.route import DEFAULT_ROUTE, Route, Submission
 from relay.delivery.sender import Delivery
 from relay.delivery.spool.base import SpoolEntry
 from relay.delivery.tenants import Tenant, Tenants
@@ -34,6 +34,23 @@ class _Refusing:
 
 
 NO_TENANT = Route("no-tenant", "", sender=_Refusing(), retrying=_Refusing())
+
+
+class _Removed:
+    """A sender for the spooled mail of a tenant no longer in the file: refuses it."""
+
+    def __init__(self, name: str) -> None:
+        self._detail = f"tenant {name!r} is no longer in RELAY_TENANTS_FILE"
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        raise NoTenant(self._detail)
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _removed(name: str) -> Route:
+    return Route(name, "", sender=_Removed(name), retrying=_Removed(name))
 
 
 class AccountBuckets:
@@ -98,8 +115,12 @@ class TenantRouter:
         return self._routes[tenant.name] if tenant is not None else self.default
 
     def spooled(self, entry: SpoolEntry) -> Route:
-        # Settings refuse RELAY_TENANTS_FILE with a spool until entries record their tenant.
-        return self.default
+        """The entry's tenant's current route (its key as of now); a tenant removed since
+        gets a refusing route, so the entry dies with the reason."""
+        if entry.route == DEFAULT_ROUTE:
+            return self.default
+        route = self._routes.get(entry.route)
+        return route if route is not None else _removed(entry.route)
 
     async def aclose(self) -> None:
         for route in [*self._routes.values(), *self._retired]:
