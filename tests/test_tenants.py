@@ -518,3 +518,30 @@ def test_spooled_mail_takes_the_key_current_at_delivery_and_a_removed_tenants_di
     )  # fmt: skip
     stored = b"".join(f.read_bytes() for f in (tmp_path / "spool").iterdir())
     assert all(app.key.encode() not in stored for app in (crm, billing, rotated))
+
+
+@pytest.mark.e2e
+def test_tenants_sharing_an_account_share_its_pacing_bucket(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    crm, billing, scanner = apps(3)
+    billing = App(billing.name, billing.key, crm.account)  # a second key on crm's account
+    for app in (crm, billing, scanner):
+        standin.grant(app.key, app.account)
+    path = write_tenants(tmp_path, [tenant_table(tmp_path, app) for app in (crm, billing, scanner)])
+    settings = relay_settings(
+        standin, certs, tmp_path, path, relay_api_rate=0.25, relay_api_burst=1
+    )  # one request per 4 s per account
+    with running_relay(settings) as relay, structlog.testing.capture_logs() as logged:
+        took = {}
+        for app in (crm, scanner, billing):
+            started = time.monotonic()
+            assert send(relay.port, app.name)[0] == 250
+            took[app.name] = time.monotonic() - started
+    assert took["scanner"] < 3.0, took  # its own account: a token at once
+    assert took["billing"] > 3.0, took  # crm's account: waits for crm's bucket to refill
+    assert [r.path.split("/")[3] for r in standin.requests] == [
+        crm.account, scanner.account, crm.account,
+    ]  # fmt: skip
+    lines = [e for e in logged if e["event"] == "message"]
+    assert [e["tenant"] for e in lines] == ["crm", "scanner", "billing"]
