@@ -22,7 +22,7 @@ import structlog.testing
 from relay.delivery.tenants import Tenants, load_tenants
 from relay.errors import ConfigError
 from tests.harness import running_relay, settings_for
-from tests.ops_support import run_cli
+from tests.ops_support import run_cli, standin_env
 from tests.security_support import Certs
 from tests.standin import Scripted, StandIn
 
@@ -545,3 +545,23 @@ def test_tenants_sharing_an_account_share_its_pacing_bucket(
     ]  # fmt: skip
     lines = [e for e in logged if e["event"] == "message"]
     assert [e["tenant"] for e in lines] == ["crm", "scanner", "billing"]
+
+
+def test_check_config_online_proves_every_tenant_one_line_each(
+    standin: StandIn, tmp_path: Path
+) -> None:
+    crm, billing, scanner = apps(3)
+    standin.grant(crm.key, crm.account)
+    standin.grant(scanner.key, str(uuid.uuid4()))  # scoped to another account
+    tables = [tenant_table(tmp_path, app, users=[]) for app in (crm, billing, scanner)]
+    env = standin_env(standin, RELAY_TENANTS_FILE=str(write_tenants(tmp_path, tables)))
+    del env["AHASEND_API_KEY"], env["AHASEND_ACCOUNT_ID"]
+    result = run_cli("check-config", "--online", **env)
+    assert result.returncode == 78
+    out = [line for line in result.stdout.splitlines() if line.startswith("tenant ")]
+    assert out == [f"tenant crm: API key accepted, account {crm.account} (Stand-in Account) OK"]
+    assert result.stderr.splitlines() == [
+        "tenant billing: API key refused (401 invalid API key)",
+        f"tenant scanner: account {scanner.account} unknown to this key (404 account not found)",
+    ]
+    assert not any(a.key in result.stdout + result.stderr for a in (crm, billing, scanner))
