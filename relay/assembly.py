@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from relay.config import Settings
+from relay.config import Settings, environment_variable
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
 from relay.delivery.dispatch import Dispatcher
@@ -42,6 +42,8 @@ from relay.delivery.retry import RetryingSender
 from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
 from relay.delivery.sender import DryRunSender, Sender
 from relay.delivery.spool import SpoolBackend, SqliteSpool
+from relay.delivery.tenant_router import AccountBuckets, TenantRouter
+from relay.delivery.tenants import Tenant, Tenants, load_tenants
 from relay.delivery.transport import build_transport
 from relay.delivery.worker import SpoolWorker
 from relay.ops.admin import AdminServer
@@ -51,7 +53,7 @@ from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
 
-__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool"]
+__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool", "reload_tenants"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +98,9 @@ async def assemble(
     )
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
     stop_retrying = asyncio.Event()
-    client = sender if sender is not None else build_sender(settings, metrics)
-    router = SingleRouter(default_route(settings, client, stop_retrying, metrics))
+    client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
+    router = build_router(settings, guard, client, metrics, stop_retrying)
+    guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
     policy = SpoolPolicy.from_settings(settings)
     handler = RelayHandler(
@@ -106,6 +109,7 @@ async def assemble(
         accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
         sender_policy=guard.senders,
         observer=metrics,
+        tenant_of=_tenant_of(router),
     )
     return Relay(
         settings=settings, guard=guard, metrics=metrics, router=router, handler=handler,
@@ -151,17 +155,130 @@ def _metered_transport(
 
 
 def default_route(
-    settings: Settings, client: Sender, stopping: asyncio.Event, events: DeliveryEvents = NO_EVENTS
+    settings: Settings,
+    client: Sender,
+    stopping: asyncio.Event,
+    bucket: TokenBucket | None = None,
+    events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY,
     retried within RELAY_RETRY_DEADLINE until ``stopping`` is set."""
-    bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
+    account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
+    if bucket is None:
+        bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
+    return _route(
+        settings, DEFAULT_ROUTE, account, client, bucket=bucket, stopping=stopping, events=events
+    )
+
+
+def _route(
+    settings: Settings,
+    name: str,
+    account: str,
+    client: Sender,
+    *,
+    bucket: TokenBucket,
+    stopping: asyncio.Event,
+    events: DeliveryEvents = NO_EVENTS,
+) -> Route:
     paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
     retrying = RetryingSender(
         paced, deadline=settings.relay_retry_deadline, stopping=stopping, events=events
     )
-    account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
-    return Route(DEFAULT_ROUTE, account, sender=paced, retrying=retrying)
+    return Route(name, account, sender=paced, retrying=retrying)
+
+
+def _global_key_unset(settings: Settings, sender: Sender | None) -> bool:
+    """With a tenants file the global key is optional: no default route then."""
+    return sender is None and not settings.relay_dry_run and settings.ahasend_api_key is None
+
+
+def _client(settings: Settings, sender: Sender | None, metrics: RelayMetrics) -> Sender:
+    return sender if sender is not None else build_sender(settings, metrics)
+
+
+def load_tenants_of(settings: Settings, guard: Guard) -> Tenants:
+    """The tenants RELAY_TENANTS_FILE names (ConfigError naming tenant and field)."""
+    assert settings.relay_tenants_file is not None
+    users = guard.authenticator.store.users if guard.authenticator is not None else None
+    return load_tenants(settings.relay_tenants_file, users, environment_variable)
+
+
+def build_router(
+    settings: Settings,
+    guard: Guard,
+    client: Sender | None,
+    metrics: RelayMetrics,
+    stopping: asyncio.Event,
+) -> Router:
+    """SingleRouter on the global key, or a TenantRouter with RELAY_TENANTS_FILE."""
+    if settings.relay_tenants_file is None:
+        assert client is not None
+        return SingleRouter(default_route(settings, client, stopping, events=metrics))
+    buckets = AccountBuckets(settings.relay_api_rate, settings.relay_api_burst)
+    fallback = None
+    if client is not None:
+        account = str(settings.ahasend_account_id or "")
+        fallback = default_route(
+            settings, client, stopping, buckets.for_account(account), events=metrics
+        )
+
+    def route_for(tenant: Tenant) -> Route:
+        tenant_client = tenant_sender(settings, tenant, metrics)
+        bucket = buckets.for_account(tenant.account_id)
+        return _route(
+            settings,
+            tenant.name,
+            tenant.account_id,
+            tenant_client,
+            bucket=bucket,
+            stopping=stopping,
+            events=metrics,
+        )
+
+    return TenantRouter(load_tenants_of(settings, guard), route_for, fallback)
+
+
+def reload_tenants(relay: Relay) -> int | None:
+    """SIGHUP: re-read RELAY_TENANTS_FILE and its key files into the router; the number
+    of tenants, or None without tenants. ConfigError (old tenants kept) when it does not load."""
+    if not isinstance(relay.router, TenantRouter):
+        return None
+    tenants = load_tenants_of(relay.settings, relay.guard)
+    relay.router.reload(tenants)
+    return len(tenants.tenants)
+
+
+def _with_tenant_networks(guard: Guard, router: Router) -> Guard:
+    """``guard`` trusting, like RELAY_ALLOWED_NETWORKS, the router's tenants' networks."""
+    if not isinstance(router, TenantRouter):
+        return guard
+
+    def in_tenant_network(address: str) -> bool:
+        return router.tenants.by_network(address) is not None
+
+    access = dataclasses.replace(guard.access, tenant_network=in_tenant_network)
+    return dataclasses.replace(guard, access=access)
+
+
+def _tenant_of(router: Router) -> Callable[[str | None, str], Tenant | None] | None:
+    """The handler's tenant look-up: the router's current tenants (None without tenants)."""
+    if not isinstance(router, TenantRouter):
+        return None
+    return router.tenant
+
+
+def tenant_sender(settings: Settings, tenant: Tenant, metrics: RelayMetrics) -> Sender:
+    """The API client of one tenant: its key and account (dry-run: the DryRunSender)."""
+    if settings.relay_dry_run:
+        return DryRunSender()
+    return AhaSendClient(
+        base_url=settings.api_base_url,
+        api_key=tenant.api_key,
+        account_id=tenant.account_id,
+        timeout=settings.ahasend_api_timeout,
+        transport=_metered_transport(metrics, settings.ahasend_api_transport),
+    )
 
 
 def _worker(

@@ -89,6 +89,7 @@ class Settings(BaseModel):
 
     # -- security (relay.smtp: guard, auth, tls, policy, limits) ----
     relay_auth_file: Path | None = None
+    relay_tenants_file: Path | None = None
     relay_auth_user: str | None = None
     relay_auth_password: SecretStr | None = None
     relay_auth_allow_plaintext: bool = False
@@ -143,6 +144,8 @@ class Settings(BaseModel):
     def _require_credentials(self) -> Settings:
         if self.relay_dry_run:
             return self
+        if self.relay_tenants_file is not None:
+            return self._require_global_key_whole()
         missing = [
             name
             for name, value in (
@@ -155,6 +158,12 @@ class Settings(BaseModel):
             raise ValueError(
                 f"{' and '.join(missing)} must be set (or RELAY_DRY_RUN=true to run without)"
             )
+        return self
+
+    def _require_global_key_whole(self) -> Settings:
+        """With tenants the global key is optional; a half-given one is still an error."""
+        if (self.ahasend_api_key is None) != (self.ahasend_account_id is None):
+            raise ValueError("AHASEND_API_KEY and AHASEND_ACCOUNT_ID go together")
         return self
 
     @model_validator(mode="after")
@@ -391,3 +400,8 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}" if name else message)
     return "; ".join(lines)
+
+
+def environment_variable(name: str) -> str | None:
+    """One environment variable by name (a tenant's ``api_key_env``); None when unset."""
+    return os.environ.get(name)

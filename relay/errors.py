@@ -22,6 +22,7 @@ later (4xx) or give up (5xx)::
           ├── UpstreamRejected             400 / 422: the API refused it      554 5.6.0
           ├── UpstreamForbidden            403                                550 5.7.1
           ├── SenderRefused                From domain not allowed (policy)   550 5.7.1
+          ├── NoTenant                     no tenant and no global key        550 5.7.1
           └── NothingQueued                202 but every recipient failed     554 5.0.0
 
 Start-up errors sit outside that tree: they stop the process, never a transaction::
@@ -42,6 +43,7 @@ __all__ = [
     "MessageEncrypted",
     "MessageTooLarge",
     "MessageUnparseable",
+    "NoTenant",
     "NothingQueued",
     "PermanentError",
     "RelayError",
@@ -151,6 +153,10 @@ class UpstreamForbidden(PermanentError):
 
 class SenderRefused(PermanentError):
     """The From header names a domain this relay (or this AUTH user) may not send as."""
+
+
+class NoTenant(PermanentError):
+    """No tenant claims the client (AUTH user or network) and there is no global key."""
 
 
 class NothingQueued(PermanentError):

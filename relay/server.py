@@ -43,7 +43,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 
 from relay import __version__
-from relay.assembly import Relay, assemble
+from relay.assembly import Relay, assemble, reload_tenants
 from relay.config import Settings
 from relay.delivery.sender import Sender
 from relay.delivery.spool import SpoolBackend
@@ -217,13 +217,18 @@ class RelayServer:
                 server.close()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
+        """SIGHUP: re-read the TLS certificate, the AUTH users and the tenants (with their
+        key files); listeners stay up. What does not load is logged and the old one stays."""
         if self._relay is None:
             return
         try:
             self.guard.reload()
+            tenants = reload_tenants(self._relay)
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc))
+            return
+        if tenants is not None:
+            log.info("tenants_reloaded", tenants=tenants)
 
     async def _stop_worker(self) -> None:
         """Stop the worker after its round in progress; cancel it past the grace period

@@ -43,13 +43,13 @@ def envelope(content: bytes = MESSAGE, rcpts: tuple[str, ...] = ("ann@example.ne
     return env
 
 
-def through(sender: Sender) -> Dispatcher:
-    """A dispatcher sending everything through ``sender`` (one route, no spool)."""
-    return Dispatcher(SingleRouter(Route("default", "account", sender=sender, retrying=sender)))
+def dispatching(sender: Sender) -> Dispatcher:
+    """A dispatcher that sends everything through ``sender`` (no spool)."""
+    return Dispatcher(SingleRouter(Route("default", "", sender=sender, retrying=sender)))
 
 
 def handler(*outcomes: Delivery | RelayError, **options: Any) -> RelayHandler:
-    return RelayHandler(through(ScriptedSender(list(outcomes) or [ACCEPTED])), **options)
+    return RelayHandler(dispatching(ScriptedSender(list(outcomes) or [ACCEPTED])), **options)
 
 
 def session(user: AuthUser | None = None) -> SimpleNamespace:
@@ -96,7 +96,7 @@ async def test_rcpt_refuses_addresses_without_a_domain(address: str) -> None:
 
 async def test_data_queues_and_counts_the_transaction() -> None:
     sender = ScriptedSender([Delivery(status=202, message_ids=("id-1", "id-2"))])
-    hooks, srv, env = RelayHandler(through(sender)), server(transactions=2), envelope()
+    hooks, srv, env = RelayHandler(dispatching(sender)), server(transactions=2), envelope()
     reply = await hooks.handle_DATA(srv, session(), env)
     assert reply == "250 2.0.0 Queued: id-1 (+1 more)"
     assert srv.transactions == 3
@@ -157,7 +157,7 @@ class SlowSender(ScriptedSender):
 
 async def test_one_message_event_with_the_latency_on_the_injected_clock() -> None:
     clock = FakeTime()
-    hooks = RelayHandler(through(SlowSender(clock, 0.25)), clock=clock.clock)
+    hooks = RelayHandler(dispatching(SlowSender(clock, 0.25)), clock=clock.clock)
     with structlog.testing.capture_logs() as logged:
         assert (await hooks.handle_DATA(server(), session(), envelope())).startswith("250 2.0.0")
     [event] = [e for e in logged if e["event"] == "message"]

@@ -77,6 +77,7 @@ async def test_a_spool_written_by_an_older_relay_is_migrated(
     try:
         [entry] = await spool.claim(10, lease=30)
         assert (entry.idempotency_key, entry.attempts, entry.body) == ("old-key", 3, b"{}")
+        assert entry.route == "default"
         assert entry.claimed_until == time.now + 30
         assert await spool.claim(10, lease=30) == []
     finally:

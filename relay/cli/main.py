@@ -23,6 +23,7 @@ from pydantic import SecretStr
 from relay import __version__
 from relay.assembly import build_sender
 from relay.cli.queue import add_queue_commands, run_queue_command
+from relay.cli.tenants_check import check_tenants_online
 from relay.config import Settings, load_settings
 from relay.delivery.api import AhaSendClient
 from relay.delivery.spool import SpoolBackend, SqliteSpool
@@ -303,7 +304,10 @@ _SYSTEMD_VARIABLES = frozenset({"notify_socket", "watchdog_usec", "watchdog_pid"
 
 
 def check_online(settings: Settings) -> int:
-    """Ping AhaSend and read the account; the exit status says what failed."""
+    """Ping AhaSend and read the account; the exit status says what failed. With
+    RELAY_TENANTS_FILE, every tenant's key and account (``relay.cli.tenants_check``)."""
+    if settings.relay_tenants_file is not None:
+        return check_tenants_online(settings)
     if settings.ahasend_api_key is None or settings.ahasend_account_id is None:
         print("ahasend-relay: --online needs AHASEND_API_KEY and AHASEND_ACCOUNT_ID",
               file=sys.stderr)  # fmt: skip

@@ -47,7 +47,8 @@ class Dispatcher:
         self, bodies: Sequence[bytes], keys: Sequence[str], submission: Submission
     ) -> list[Delivery]:
         """One Delivery per request, in order; raises the RelayError the reply should show."""
-        sender = self._router.route(submission).retrying
+        route = self._router.route(submission)
+        sender = route.retrying
         deliveries: list[Delivery] = []
         failure: TransientError | None = None
         for body, key in zip(bodies, keys, strict=True):
@@ -59,11 +60,11 @@ class Dispatcher:
                     if self._spool is None:
                         raise
                     failure = exc
-            deliveries.append(await self._spool_one(body, key, submission, failure))
+            deliveries.append(await self._spool_one(body, key, submission, failure, route.name))
         return deliveries
 
     async def _spool_one(
-        self, body: bytes, key: str, submission: Submission, why: TransientError
+        self, body: bytes, key: str, submission: Submission, why: TransientError, route: str
     ) -> Delivery:
         """Write one request durably; InternalError (4xx) when the spool cannot take it."""
         assert self._spool is not None
@@ -77,10 +78,11 @@ class Dispatcher:
                 error=error,
                 first_retry=self._policy.first_retry,
                 max_age=self._policy.max_age,
+                route=route,
             )
         except Exception as exc:  # disk full, permissions...: the client must keep it
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
-        log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error)
+        log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error, route=route)
         self._events.spool_event("spooled")
         return Delivery(status=None, spooled=True, spool_id=spool_id)

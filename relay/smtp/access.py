@@ -23,7 +23,7 @@ combines both.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from relay.config import Network, Settings
@@ -70,6 +70,8 @@ class Access:
     auth_enabled: bool = False
     senders: SenderPolicy = field(default_factory=SenderPolicy)
     max_auth_failures: int = 3
+    tenant_network: Callable[[str], bool] | None = None
+    """True for an address inside a tenant's ``networks`` (trusted like the allowed ones)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Access:
@@ -82,8 +84,9 @@ class Access:
         )
 
     def client(self, address: str) -> ClientState:
-        """The client at ``address``: trusted when inside the allowed networks."""
-        return ClientState(address, in_networks(address, self.networks))
+        """The client at ``address``: trusted when inside the allowed or a tenant's networks."""
+        tenant = self.tenant_network is not None and self.tenant_network(address)
+        return ClientState(address, tenant or in_networks(address, self.networks))
 
     def proxy_peer_trusted(self, address: str) -> bool:
         """True when the peer at ``address`` may send a PROXY header (a load balancer)."""

@@ -142,6 +142,11 @@ class CredentialStore:
     def __len__(self) -> int:
         return len(self._entries)
 
+    @property
+    def users(self) -> frozenset[str]:
+        """The user names that may AUTH (tenants refer to them)."""
+        return frozenset(self._entries)
+
     def load(self) -> None:
         """(Re)read the users; ConfigError (store unchanged) when the file is unusable."""
         entries = dict(_read_file(self._path)) if self._path is not None else {}

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import TLSSetupException
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.route import Submission
 from relay.delivery.sender import Delivery
+from relay.delivery.tenants import Tenant, allowed_domains, apply_tenant
 from relay.errors import RelayError
 from relay.ops.log import get_logger
 from relay.ops.metrics import MessageObserver
@@ -33,6 +34,8 @@ from relay.smtp.replies import (
     PARTIALLY_QUEUED,
     QUEUED,
     QUEUED_FOR_DELIVERY,
+    RECIPIENT_NOT_ALLOWED,
+    SENDER_NOT_ALLOWED,
     TOO_MANY_RECIPIENTS,
     Reply,
     reply_for,
@@ -70,7 +73,9 @@ class RelayHandler:
         clock: Callable[[], float] = time.perf_counter,
         sender_policy: SenderPolicy | None = None,
         observer: MessageObserver | None = None,
+        tenant_of: Callable[[str | None, str], Tenant | None] | None = None,
     ) -> None:
+        self._tenant_of = tenant_of
         self._observer = observer
         self._dispatcher = dispatcher
         self._max_recipients = max_recipients
@@ -88,6 +93,9 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
+        tenant = self._tenant(server, session)
+        if tenant is not None and not self._mail_from_allowed(address, session, tenant):
+            return self._refuse(SENDER_NOT_ALLOWED)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(OK_SENDER)
@@ -100,6 +108,9 @@ class RelayHandler:
             return self._refuse(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._max_recipients:
             return self._refuse(TOO_MANY_RECIPIENTS)
+        tenant = self._tenant(server, session)
+        if tenant is not None and not tenant.recipient_allowed(address):
+            return self._refuse(RECIPIENT_NOT_ALLOWED)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return str(OK_RECIPIENT)
@@ -122,7 +133,10 @@ class RelayHandler:
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
             record.add(msgid=translated.message_id)
-            translated = self._vet_sender(translated, authenticated_user(session))
+            tenant = self._tenant(server, session)
+            if tenant is not None:
+                record.add(tenant=tenant.name)
+            translated = self._vet_sender(translated, authenticated_user(session), tenant)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
                 len(translated.payloads),
@@ -166,13 +180,32 @@ class RelayHandler:
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 
-    def _vet_sender(self, translated: Translated, user: AuthUser | None) -> Translated:
-        """Apply the sender policy (``relay.smtp.policy``): From rewritten, or SenderRefused."""
+    def _tenant(self, server: Any, session: Any) -> Tenant | None:
+        """The session's tenant (AUTH user, then network); None without tenants."""
+        if self._tenant_of is None:
+            return None
+        user = authenticated_user(session)
+        client = getattr(getattr(server, "client", None), "address", "")
+        return self._tenant_of(user.name if user is not None else None, client)
+
+    def _mail_from_allowed(self, address: str, session: Any, tenant: Tenant) -> bool:
+        """The tenant's sender domains at MAIL (the relay-wide rules ran before)."""
         if self._sender_policy is None:
-            return translated
-        domains = user.sender_domains if user is not None else None
-        payloads = self._sender_policy.vet(translated.payloads, domains)
-        return with_payloads(translated, payloads)
+            return True
+        user = authenticated_user(session)
+        domains = allowed_domains(user.sender_domains if user is not None else None, tenant)
+        return self._sender_policy.mail_from_allowed(address, domains)
+
+    def _vet_sender(
+        self, translated: Translated, user: AuthUser | None, tenant: Tenant | None = None
+    ) -> Translated:
+        """Apply the sender policy (``relay.smtp.policy``): From rewritten, or SenderRefused;
+        then the tenant's tags and forced sandbox (``relay.delivery.tenants.apply_tenant``)."""
+        payloads = translated.payloads
+        if self._sender_policy is not None:
+            domains = allowed_domains(user.sender_domains if user is not None else None, tenant)
+            payloads = self._sender_policy.vet(payloads, domains)
+        return with_payloads(translated, [apply_tenant(p, tenant) for p in payloads])
 
     async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
         if len(raw) > OFFLOAD_SIZE:

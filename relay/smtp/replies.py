@@ -19,6 +19,7 @@ from relay.errors import (
     MessageEncrypted,
     MessageTooLarge,
     MessageUnparseable,
+    NoTenant,
     NothingQueued,
     PermanentError,
     RelayError,
@@ -37,6 +38,7 @@ from relay.errors import (
 )
 
 __all__ = [
+    "RECIPIENT_NOT_ALLOWED",
     "REPLY_FOR",
     "Reply",
     "reply_for",
@@ -104,6 +106,7 @@ AUTH_NOT_ENABLED: Final = Reply(503, "5.5.1", "Authentication not enabled")
 AUTH_TOO_MANY_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts")
 CLIENT_NOT_ALLOWED: Final = Reply(554, "5.7.1", "Access denied: client not allowed")
 SENDER_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Sender address not allowed")
+RECIPIENT_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Recipient not allowed")
 TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try again later")
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
@@ -144,6 +147,7 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     UpstreamForbidden: Reply(550, "5.7.1", "Sending not permitted by AhaSend"),
     NothingQueued: Reply(554, "5.0.0", "AhaSend queued no recipient"),
     SenderRefused: Reply(550, "5.7.1", "Sender address not allowed"),
+    NoTenant: Reply(550, "5.7.1", "Access denied: no tenant for this client"),
     PermanentError: Reply(554, "5.0.0", "Message rejected"),
 }
 

@@ -78,6 +78,9 @@ class SpoolEntry:
     """While later than now, a worker holds the entry (``claim``); None when unclaimed."""
     body: bytes | None = None
     """The serialised API request (only from ``claim`` and ``get``, and while not delivered)."""
+    route: str = "default"
+    """The name of the route (``relay.delivery.route``: a tenant, or ``default``) the
+    request was sent by: never its key, which is looked up again at each attempt."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,7 @@ class SpoolBackend(Protocol):
         error: str,
         first_retry: float,
         max_age: float,
+        route: str = "default",
     ) -> int:
         """Store a request durably (on stable storage when this returns); its entry id.
 
@@ -123,7 +127,7 @@ class SpoolBackend(Protocol):
         is left as it is (the same transaction resent while its first copy waits, or after
         it was delivered). A dead one is requeued as if new (body, ``updated``,
         ``next_attempt``, ``expires`` and ``last_error`` replaced; attempts and
-        ``created`` kept): its sender is trying again.
+        ``created`` kept): its sender is trying again. ``route`` is kept as the entry's.
         """
         ...
 

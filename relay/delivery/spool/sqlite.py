@@ -15,8 +15,9 @@ work is synchronous, on one connection behind a lock, run in a worker thread
 ``UPDATE ... RETURNING`` statement, hence atomic also against other processes.
 
 Schema versions (``PRAGMA user_version``): 0/1 the first layout; 2 adds
-``claimed_until``. Opening an older file migrates it in place, once, under SQLite's
-write lock (two processes opening it together migrate it once).
+``claimed_until``; 3 adds ``route`` (the tenant's name; ``default`` for older rows).
+Opening an older file migrates it in place, once, under SQLite's write lock (two
+processes opening it together migrate it once).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from relay.errors import SpoolUnavailable
 __all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteSpool"]
 
 FILENAME = "spool.sqlite3"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 T = TypeVar("T")
 
 _SCHEMA = """
@@ -57,13 +58,14 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error TEXT,
     message_ids TEXT,
     bounced INTEGER NOT NULL DEFAULT 0,
-    claimed_until REAL
+    claimed_until REAL,
+    route TEXT NOT NULL DEFAULT 'default'
 );
 CREATE INDEX IF NOT EXISTS messages_due ON messages (state, next_attempt);
 """
 _COLUMNS = (
     "id, idempotency_key, state, mail_from, rcpt_tos, size, attempts, created, updated,"
-    " next_attempt, expires, last_error, message_ids, bounced, claimed_until"
+    " next_attempt, expires, last_error, message_ids, bounced, claimed_until, route"
 )
 _RELEASE = "claimed_until = NULL"
 
@@ -109,16 +111,17 @@ class SqliteSpool:
         error: str,
         first_retry: float,
         max_age: float,
+        route: str = "default",
     ) -> int:
         now = self._clock()
         values = (idempotency_key, mail_from, json.dumps(list(rcpt_tos)), body, len(body),
-                  now, now, now + first_retry, now + max_age, error)  # fmt: skip
+                  now, now, now + first_retry, now + max_age, error, route)  # fmt: skip
 
         def insert(db: sqlite3.Connection) -> int:
             db.execute(
                 "INSERT INTO messages (idempotency_key, mail_from, rcpt_tos, body, size,"
-                " created, updated, next_attempt, expires, last_error)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " created, updated, next_attempt, expires, last_error, route)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'queued',"
                 " body = excluded.body, updated = excluded.updated,"
                 " next_attempt = excluded.next_attempt, expires = excluded.expires,"
@@ -270,11 +273,12 @@ _DURABILITY = ("journal_mode", "synchronous")
 def _entry(row: Sequence[Any], body: bytes | None = None) -> SpoolEntry:
     """The entry for a row of ``_COLUMNS`` (and its body when selected)."""
     (entry_id, key, state, mail_from, rcpt_tos, size, attempts, created, updated,
-     next_attempt, expires, last_error, message_ids, bounced, claimed_until) = row  # fmt: skip
+     next_attempt, expires, last_error, message_ids, bounced, claimed_until,
+     route) = row  # fmt: skip
     return SpoolEntry(
         entry_id, key, state, mail_from, tuple(json.loads(rcpt_tos)), size, attempts,
         created, updated, next_attempt, expires, last_error,
-        tuple(json.loads(message_ids or "[]")), bool(bounced), claimed_until, body,
+        tuple(json.loads(message_ids or "[]")), bool(bounced), claimed_until, body, route,
     )  # fmt: skip
 
 
@@ -305,6 +309,8 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
         if "claimed_until" not in columns:
             db.execute("ALTER TABLE messages ADD COLUMN claimed_until REAL")
+        if "route" not in columns:
+            db.execute("ALTER TABLE messages ADD COLUMN route TEXT NOT NULL DEFAULT 'default'")
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         db.execute("COMMIT")
     except BaseException:
