@@ -6,7 +6,7 @@ the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and 
 AUTH users (``RelayServer.reload``) without closing the listeners.
 
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
-sessions are the same ``GuardedSMTP`` as on the plain port (``relay.smtp.guard``).
+sessions are the same ``RelaySession`` as on the plain port (``relay.smtp.session``).
 
 Delivery stack: the handler sends through ``RetryingSender`` (retries within the
 transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
@@ -49,10 +49,11 @@ from relay.ops.health import readiness
 from relay.ops.log import get_logger
 from relay.ops.metrics import MeteredTransport, RelayMetrics
 from relay.ops.systemd import Notifier
-from relay.smtp.drain import Refuser, TrackedSMTP, finish_sessions
+from relay.smtp.drain import Refuser, finish_sessions
 from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
+from relay.smtp.session import RelaySession
 
 __all__ = ["RelayServer", "build_sender", "run"]
 
@@ -94,7 +95,7 @@ class RelayServer:
         self.spool: SpoolBackend | None = (
             SqliteSpool(settings.relay_spool_dir) if settings.relay_spool_dir else None
         )
-        self._sessions: set[TrackedSMTP] = set()
+        self._sessions: set[RelaySession] = set()
         self.metrics = RelayMetrics(
             sessions_open=lambda: len(self._sessions),
             spool_stats=self.spool.stats if self.spool is not None else None,
@@ -226,18 +227,8 @@ class RelayServer:
     def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
             return Refuser()
-        session = TrackedSMTP(
-            self.handler,
-            self._sessions,
-            guard=self.guard,
-            implicit_tls=implicit_tls,
-            hostname=self.settings.relay_hostname,
-            ident=f"ahasend-relay {__version__} ESMTP",
-            data_size_limit=self.settings.relay_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=self.settings.relay_smtp_timeout,
-            max_line_length=self.settings.relay_max_line_length,
+        session = RelaySession(
+            self.handler, guard=self.guard, registry=self._sessions, implicit_tls=implicit_tls
         )
         self._sessions.add(session)
         return session

@@ -94,6 +94,29 @@ def test_mail_auth_parameter_is_accepted_without_auth_configured(plain: Served) 
     assert recipients(plain, "auth param, no auth") == ["alice@example.net"]
 
 
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("MAIL FROM:<app@example.com> auth=<>", "250 2.1.0 Sender OK"),
+        ("MAIL FROM: <app@example.com> AUTH=<> BODY=8BITMIME", "250 2.1.0 Sender OK"),
+        ("MAIL FROM:app@example.com AUTH=<>", "250 2.1.0 Sender OK"),
+        (
+            "MAIL FROM:<app@example.com> AUTH=",
+            "501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]",
+        ),
+        (
+            "MAIL FROM:<app@example.com> AUTH=<> SIZE=x",
+            "501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]",
+        ),
+    ],
+)
+def test_mail_auth_parameter_forms(plain: Served, command: str, reply: str) -> None:
+    """Any letter case and position; an empty ``AUTH=`` is a syntax error, as before."""
+    with RawSMTP(plain.port) as smtp:
+        assert smtp.cmd("HELO client.test").startswith("250")
+        assert smtp.cmd(command) == reply
+
+
 def test_auth_parameter_on_rcpt_is_still_unknown(plain: Served) -> None:
     """RFC 4954 defines AUTH= for MAIL only."""
     with RawSMTP(plain.port) as smtp:

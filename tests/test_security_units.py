@@ -228,7 +228,7 @@ def test_rate_memory_is_bounded():
     limiter = ConnectionLimiter(10**6, 1, max_peers=5)
     for n in range(50):
         limiter.admit(f"10.0.0.{n}")
-    assert len(limiter._recent) == 5
+    assert limiter.peers_remembered == 5
 
 
 # -- tls -------------------------------------------------------------------------------

@@ -16,17 +16,26 @@ worker thread behind a small semaphore (a flood of AUTH attempts cannot exhaust 
 with argon2's buffers), and answers a failure only after a per-peer delay that doubles
 with each recent failure of that peer (``asyncio.sleep``: other sessions keep flowing).
 Passwords are never logged and never kept beyond the call that checks them.
+
+``decode_response`` and ``split_plain`` read the client's side of the PLAIN and LOGIN
+exchanges (RFC 4616, draft-murchison-sasl-login) exactly as aiosmtpd does; the session
+(``relay.smtp.session``) runs the exchange. A successful AUTH leaves the ``AuthUser`` in
+aiosmtpd's ``Session.auth_data`` (``authenticated_user`` reads it back), which aiosmtpd
+replaces with a fresh Session on STARTTLS: what plaintext told us is forgotten.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import hmac
 import time
+from base64 import b64decode
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import argon2
 import bcrypt
@@ -39,7 +48,10 @@ __all__ = [
     "Authenticator",
     "CredentialStore",
     "FailureTracker",
+    "authenticated_user",
+    "decode_response",
     "hash_password",
+    "split_plain",
     "verify_hash",
 ]
 
@@ -54,6 +66,28 @@ class AuthUser:
 
     name: str
     sender_domains: frozenset[str] | None = None
+
+
+def authenticated_user(session: Any) -> AuthUser | None:
+    """The user an aiosmtpd ``Session`` authenticated as, or None."""
+    user = getattr(session, "auth_data", None)
+    return user if isinstance(user, AuthUser) else None
+
+
+def decode_response(text: str) -> bytes | None:
+    """A base64 SASL response (an AUTH command's initial response), or None if invalid."""
+    try:
+        return b64decode(text.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+def split_plain(message: bytes) -> tuple[bytes, bytes] | None:
+    """(login, password) of a PLAIN message ``authzid NUL login NUL password``, or None."""
+    parts = message.split(b"\x00")
+    if len(parts) != 3:
+        return None
+    return parts[1], parts[2]
 
 
 def hash_password(password: str, scheme: str = "argon2") -> str:

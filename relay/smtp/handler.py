@@ -23,6 +23,7 @@ from relay.delivery.sender import Delivery
 from relay.errors import RelayError
 from relay.ops.log import get_logger
 from relay.ops.metrics import MessageObserver
+from relay.smtp.auth import AuthUser, authenticated_user
 from relay.smtp.policy import SenderPolicy, with_payloads
 from relay.smtp.replies import (
     BAD_RECIPIENT_ADDRESS,
@@ -106,15 +107,15 @@ class RelayHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Deliver the message; the request id ties its log lines together."""
         with structlog.contextvars.bound_contextvars(request_id=request_id(server)):
-            return await self._deliver(server, envelope)
+            return await self._deliver(server, session, envelope)
 
-    async def _deliver(self, server: Any, envelope: Any) -> str:
+    async def _deliver(self, server: Any, session: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
         record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
-            translated = self._vet_sender(translated, server)
+            translated = self._vet_sender(translated, authenticated_user(session))
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
                 len(translated.payloads),
@@ -151,12 +152,10 @@ class RelayHandler:
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 
-    def _vet_sender(self, translated: Translated, server: Any) -> Translated:
+    def _vet_sender(self, translated: Translated, user: AuthUser | None) -> Translated:
         """Apply the sender policy (``relay.smtp.policy``): From rewritten, or SenderRefused."""
         if self._sender_policy is None:
             return translated
-        client = getattr(server, "client", None)
-        user = getattr(client, "user", None)
         domains = user.sender_domains if user is not None else None
         payloads = self._sender_policy.vet(translated.payloads, domains)
         return with_payloads(translated, payloads)

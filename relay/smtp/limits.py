@@ -52,6 +52,11 @@ class ConnectionLimiter:
         self.active += 1
         return None
 
+    @property
+    def peers_remembered(self) -> int:
+        """How many peer addresses the per-peer rate remembers (at most ``max_peers``)."""
+        return len(self._recent)
+
     def release(self) -> None:
         """An admitted connection ended."""
         self.active = max(0, self.active - 1)

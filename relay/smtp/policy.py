@@ -1,7 +1,7 @@
 """Who may send, and as whom: client networks, sender domains, and the From rewrite.
 
-Pure rules, no I/O. The session layer (``relay.smtp.guard``) asks them at connect, MAIL and
-DATA time; the handler runs ``SenderPolicy.vet`` on the translated payloads before any
+Pure rules, no I/O. The access rules (``relay.smtp.access``) ask them at connect and MAIL
+time; the handler runs ``SenderPolicy.vet`` on the translated payloads before any
 API call.
 
 Sender rule (the same for the relay-wide list and for an AUTH user's own list):
@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 from relay.config import Network
 from relay.errors import SenderRefused
 
-__all__ = ["SenderPolicy", "in_networks", "ip_of", "with_payloads"]
+__all__ = ["SenderPolicy", "format_peer", "in_networks", "ip_of", "with_payloads"]
 
 T = TypeVar("T")
 
@@ -38,6 +38,14 @@ def ip_of(address: Any) -> str:
     """The IP address (text) of a peer: an ``(host, port, ...)`` tuple or an address."""
     host = address[0] if isinstance(address, tuple) else address
     return str(host)
+
+
+def format_peer(peer: Any) -> str:
+    """A peer for the logs: ``host:port``, ``[v6]:port``, or the value as text."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
 
 
 def in_networks(address: str, networks: Sequence[Network]) -> bool:
