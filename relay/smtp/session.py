@@ -53,6 +53,7 @@ from relay.smtp.replies import (
     SERVICE_NOT_AVAILABLE,
     START_DATA,
     TIMEOUT,
+    TLS_ALREADY_ACTIVE,
     TOO_MUCH_DATA,
     Reply,
     with_enhanced_code,
@@ -230,6 +231,14 @@ class RelaySession(SMTP):
         if isinstance(status, str) and not self._raw_replies:
             status = with_enhanced_code(status)
         await super().push(status)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """``554 5.5.1`` inside TLS (implicit or after STARTTLS), as Postfix; else aiosmtpd's."""
+        if self.transport is not None and self.transport.get_extra_info("sslcontext"):
+            await self.push(str(TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._unmarked(super().smtp_HELO(hostname))
