@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import smtplib
 from collections.abc import Iterator
+from email.message import EmailMessage
+from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,81 @@ def test_a_kelvin_sign_look_alike_is_not_the_allowed_sender_domain(standin: Stan
         assert smtp.cmd("RSET").startswith("250 ")
         assert smtp.cmd("MAIL FROM:<ceo@KIOSK.Example>").startswith("250 ")
     assert standin.requests == []
+
+
+def _encoded(value: str) -> str:
+    """One RFC 2047 word (``email.header.Header`` would fold at U+2028 and hide it)."""
+    return f"=?utf-8?b?{base64.b64encode(value.encode()).decode()}?="
+
+
+def _hostile_message(*extra: str) -> bytes:
+    """Subject and names with separators and bidi controls (RFC 2047), hostile file names."""
+    msg = EmailMessage()
+    msg.set_content("body")
+    for name in ("..", "x/..", "a" * 5000 + ".pdf", "\u00fc" * 300 + ".txt"):
+        msg.add_attachment(b"data", maintype="application", subtype="octet-stream", filename=name)
+    hostile_subject = "Invoice\u2028Bcc: victim@example.org\u2029paid\u0085now \u202etxt.exe"
+    lines = [
+        "From: " + _encoded("Bank\u202e \u2066Support\u2069") + " <app@example.com>",
+        "To: " + _encoded("Alice\u2028Admin") + " <alice@example.net>",
+        "Subject: " + _encoded(hostile_subject),
+        *extra,
+    ]
+    return "\r\n".join(lines).encode() + b"\r\n" + msg.as_bytes(policy=SMTP)
+
+
+def _tag_headers(tags: list[str]) -> list[str]:
+    """``ahasend-tags`` headers (they accumulate) of at most 20 tags each, under 998 bytes."""
+    return [f"ahasend-tags: {','.join(tags[i : i + 20])}" for i in range(0, len(tags), 20)]
+
+
+def _send(relay: RunningRelay, raw: bytes) -> None:
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+        client.sendmail("app@example.com", ["alice@example.net"], raw)
+
+
+def test_separators_bidi_controls_and_hostile_attachment_names_are_cleaned(
+    standin: StandIn,
+) -> None:
+    with running_relay(settings_for(standin)) as relay:
+        _send(relay, _hostile_message("ahasend-tags: a,b"))
+    (request,) = standin.requests
+    body = request.json
+    assert body["subject"] == "Invoice Bcc: victim@example.org paid now txt.exe"
+    assert body["from"] == {"email": "app@example.com", "name": "Bank Support"}
+    assert body["to"] == [{"email": "alice@example.net", "name": "Alice Admin"}]
+    names = [a["file_name"] for a in body["attachments"]]
+    assert names[:2] == ["attachment", "attachment"]
+    assert names[2] == "a" * 251 + ".pdf"
+    assert names[3].endswith(".txt")
+    assert len(names[3].encode()) <= 255
+    assert names[3] == "ü" * 125 + ".txt"
+    assert body["tags"] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("tags", "detail"),
+    [
+        (",".join(f"t{i}" for i in range(20_000)), "20000 tags, at most 50 allowed"),
+        (",".join(f"t{i}" for i in range(51)), "51 tags, at most 50 allowed"),
+        ("ok," + "x" * 101, "a tag of 101 characters, at most 100 allowed"),
+    ],
+)
+def test_tags_beyond_the_limit_are_refused_with_554_naming_the_header(
+    standin: StandIn, tags: str, detail: str
+) -> None:
+    with (
+        running_relay(settings_for(standin)) as relay,
+        pytest.raises(smtplib.SMTPDataError) as caught,
+    ):
+        _send(relay, _hostile_message(*_tag_headers(tags.split(","))))
+    assert caught.value.smtp_code == 554
+    assert caught.value.smtp_error.decode() == f"5.6.0 Invalid header: ahasend-tags: {detail}"
+    assert standin.requests == []
+
+
+def test_fifty_tags_of_a_hundred_characters_pass(standin: StandIn) -> None:
+    tags = [f"{i:02d}" + "x" * 98 for i in range(50)]
+    with running_relay(settings_for(standin)) as relay:
+        _send(relay, _hostile_message(*_tag_headers(tags)))
+    assert standin.requests[0].json["tags"] == tags

@@ -73,6 +73,7 @@ from typing import Any, Final
 
 from relay.errors import MessageUnparseable
 from relay.translate.directives import PREFIX, directive_fields
+from relay.translate.hostile import harden
 
 __all__ = ["EMPTY_BODY", "Translated", "translate", "usable_recipient"]
 
@@ -197,7 +198,7 @@ def translate(raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Translated
     if forwarded := _forwarded(heads.items):
         base["headers"] = forwarded
     base.update(directive_fields(heads.prefixed(PREFIX)))
-    payloads = _addressed(base, heads, recipients)
+    payloads = [harden(payload) for payload in _addressed(base, heads, recipients)]
     return Translated(payloads, heads.text("message-id") or None, len(content.attachments))
 
 
