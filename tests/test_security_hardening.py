@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import base64
 import smtplib
+import statistics
+import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import pytest
 
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.rawsmtp import RawSMTP
-from tests.security_support import PASSWORD, Certs, message, write_users
+from tests.security_support import PASSWORD, Certs, message, plain_token, write_users
 from tests.standin import StandIn
 
 pytestmark = pytest.mark.e2e
@@ -154,3 +157,58 @@ def test_fifty_tags_of_a_hundred_characters_pass(standin: StandIn) -> None:
     with running_relay(settings_for(standin)) as relay:
         _send(relay, _hostile_message(*_tag_headers(tags)))
     assert standin.requests[0].json["tags"] == tags
+
+
+# -- user names by timing (item 3) ------------------------------------------------------
+
+TIMING_SAMPLES = 41
+
+
+def _auth_times(port: int, logins: list[tuple[str, str]]) -> list[float]:
+    """Round-trip seconds of each AUTH PLAIN (all failing), interleaved by the caller."""
+    times = []
+    for login, password in logins:
+        with RawSMTP(port) as smtp:
+            smtp.cmd("EHLO client.test")
+            started = time.perf_counter()
+            reply = smtp.cmd(f"AUTH PLAIN {plain_token(login, password)}")
+            times.append(time.perf_counter() - started)
+            assert reply == "535 5.7.8 Authentication credentials invalid"
+    return times
+
+
+def _assert_no_user_oracle(port: int, known: str, samples: int) -> None:
+    logins = [(known, "wrong"), ("nobody", "wrong")] * samples
+    times = _auth_times(port, logins)
+    known_median = statistics.median(times[0::2])
+    unknown_median = statistics.median(times[1::2])
+    ratio = known_median / unknown_median
+    assert 0.8 <= ratio <= 1.25, (
+        f"known {known_median * 1e3:.1f} ms, unknown {unknown_median * 1e3:.1f} ms"
+    )
+
+
+@pytest.mark.parametrize("rounds", [4, 9])
+def test_a_wrong_password_and_an_unknown_user_take_the_same_time(
+    standin: StandIn, tmp_path: Path, rounds: int
+) -> None:
+    """bcrypt users of a chosen cost: the dummy check has the same cost (medians within 20 %)."""
+    users = tmp_path / "users"
+    hashed = bcrypt.hashpw(b"secret", bcrypt.gensalt(rounds=rounds)).decode()
+    users.write_text(f"app:{hashed}\n")
+    settings = settings_for(
+        standin, relay_auth_file=users, relay_auth_allow_plaintext=True,
+        relay_auth_failure_delay=0.0, relay_peer_connection_rate=100_000,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        _assert_no_user_oracle(relay.port, "app", TIMING_SAMPLES)
+
+
+def test_the_single_auth_user_is_hashed_like_an_unknown_user(standin: StandIn) -> None:
+    settings = settings_for(
+        standin, relay_auth_user="app", relay_auth_password="secret",
+        relay_auth_allow_plaintext=True, relay_auth_failure_delay=0.0,
+        relay_peer_connection_rate=100_000,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        _assert_no_user_oracle(relay.port, "app", 11)  # argon2id: ~50 ms each, idle
