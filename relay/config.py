@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     relay_proxy_trusted_networks: str = ""
     relay_max_connections: int = Field(default=100, ge=1)
     relay_peer_connection_rate: int = Field(default=60, ge=0)
+    relay_junk_command_limit: int = Field(default=100, ge=1)
 
     @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod

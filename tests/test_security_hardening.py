@@ -212,3 +212,31 @@ def test_the_single_auth_user_is_hashed_like_an_unknown_user(standin: StandIn) -
     )  # fmt: skip
     with running_relay(settings) as relay:
         _assert_no_user_oracle(relay.port, "app", 11)  # argon2id: ~50 ms each, idle
+
+
+# -- junk commands (item 1) -------------------------------------------------------------
+
+
+def test_junk_commands_past_the_limit_get_421_and_close(standin: StandIn) -> None:
+    settings = settings_for(standin, relay_junk_command_limit=6)
+    with running_relay(settings) as relay, RawSMTP(relay.port) as smtp:
+        smtp.cmd("EHLO client.test")
+        replies = [smtp.cmd(c) for c in ("NOOP", "RSET", "HELP", "VRFY app", "EXPN x", "NOOP")]
+        assert [r[:3] for r in replies] == ["250", "250", "250", "252", "502", "250"]
+        assert smtp.cmd("NOOP") == (
+            "421 4.7.0 Too many commands without a transaction, closing connection"
+        )
+        assert smtp.closed()
+
+
+def test_commands_inside_a_transaction_are_not_junk(standin: StandIn) -> None:
+    settings = settings_for(standin, relay_junk_command_limit=2)
+    with running_relay(settings) as relay, RawSMTP(relay.port) as smtp:
+        smtp.cmd("EHLO client.test")
+        assert smtp.cmd("MAIL FROM:<app@example.com>").startswith("250")
+        assert [smtp.cmd("NOOP")[:3] for _ in range(10)] == ["250"] * 10
+        assert smtp.cmd("RCPT TO:<alice@example.net>").startswith("250")
+        assert smtp.cmd("DATA").startswith("354")
+        smtp.send(b"Subject: hi\r\n\r\nbody\r\n")
+        assert smtp.cmd(".").startswith("250 2.0.0 Queued")
+    assert len(standin.requests) == 1

@@ -107,6 +107,9 @@ TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try aga
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
 )
+TOO_MANY_JUNK_COMMANDS: Final = Reply(
+    421, "4.7.0", "Too many commands without a transaction, closing connection"
+)
 TLS_ALREADY_ACTIVE: Final = Reply(554, "5.5.1", "TLS already active")
 TIMEOUT: Final = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 AUTH_BAD_BASE64: Final = Reply(501, "5.5.2", "Can't decode base64")

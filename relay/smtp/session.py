@@ -54,6 +54,7 @@ from relay.smtp.replies import (
     START_DATA,
     TIMEOUT,
     TLS_ALREADY_ACTIVE,
+    TOO_MANY_JUNK_COMMANDS,
     TOO_MUCH_DATA,
     Reply,
     with_enhanced_code,
@@ -117,6 +118,7 @@ class RelaySession(SMTP):
         self._auth_failures = 0
         self._draining = False
         self._raw_replies = False
+        self._junk_commands = 0
         super().__init__(
             GuardedHandler(handler, guard.access),
             hostname=settings.relay_hostname,
@@ -204,8 +206,42 @@ class RelaySession(SMTP):
             self._refuse()
 
     async def smtp_RSET(self, arg: str) -> None:
+        if await self._junk():
+            return
         await super().smtp_RSET(arg)
         self._close_if_draining()
+
+    # -- junk commands (Postfix smtpd_junk_command_limit) -------------------------------
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_EXPN(arg)
+
+    async def _junk(self) -> bool:
+        """Count a command outside a transaction; past the limit ``421 4.7.0``, close, True."""
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            return False
+        self._junk_commands += 1
+        if self._junk_commands <= self.guard.settings.relay_junk_command_limit:
+            return False
+        log.info("junk_commands", client=self.client.address, count=self._junk_commands)
+        await self.push(str(TOO_MANY_JUNK_COMMANDS))
+        self._close()
+        return True
 
     def _close_if_draining(self) -> None:
         if self._draining:
