@@ -17,7 +17,14 @@ import pytest
 
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.rawsmtp import RawSMTP
-from tests.security_support import PASSWORD, Certs, message, plain_token, write_users
+from tests.security_support import (
+    PASSWORD,
+    Certs,
+    Conversation,
+    message,
+    plain_token,
+    write_users,
+)
 from tests.standin import StandIn
 
 pytestmark = pytest.mark.e2e
@@ -239,4 +246,49 @@ def test_commands_inside_a_transaction_are_not_junk(standin: StandIn) -> None:
         assert smtp.cmd("DATA").startswith("354")
         smtp.send(b"Subject: hi\r\n\r\nbody\r\n")
         assert smtp.cmd(".").startswith("250 2.0.0 Queued")
+    assert len(standin.requests) == 1
+
+
+# -- connection exhaustion (item 1) -----------------------------------------------------
+
+
+def test_outsiders_holding_the_cap_leave_an_allowed_client_its_220(standin: StandIn) -> None:
+    """AUTH on, 12 slots: 127.0.0.2 (outside) holds all it may; 127.0.0.1 still delivers."""
+    settings = settings_for(
+        standin, relay_max_connections=12, relay_allowed_networks="127.0.0.1/32",
+        relay_auth_user="app", relay_auth_password=PASSWORD, relay_auth_allow_plaintext=True,
+        relay_max_connections_per_client=0, relay_peer_connection_rate=0,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        held = [Conversation(relay.port, source="127.0.0.2") for _ in range(12)]
+        replies = [smtp.reply() for smtp in held]
+        assert replies.count("421 4.7.0 Too many connections, try again later") == 1
+        assert sum(r.startswith("220 ") for r in replies) == 11
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.send_message(message())
+        for smtp in held:
+            smtp.close()
+    assert len(standin.requests) == 1
+
+
+def test_one_address_holds_at_most_its_per_client_cap(standin: StandIn) -> None:
+    settings = settings_for(
+        standin, relay_allowed_networks="127.0.0.1/32", relay_auth_user="app",
+        relay_auth_password=PASSWORD, relay_auth_allow_plaintext=True,
+        relay_max_connections_per_client=3, relay_peer_connection_rate=0,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        held = [Conversation(relay.port, source="127.0.0.2") for _ in range(3)]
+        assert all(smtp.reply().startswith("220 ") for smtp in held)
+        with Conversation(relay.port, source="127.0.0.2") as extra:
+            assert extra.reply() == (
+                "421 4.7.0 Too many concurrent connections from your address, try again later"
+            )
+            assert extra.closed_by_server()
+        with Conversation(relay.port, source="127.0.0.3") as other:
+            assert other.reply().startswith("220 ")
+        with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
+            client.send_message(message())
+        for smtp in held:
+            smtp.close()
     assert len(standin.requests) == 1

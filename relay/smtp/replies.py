@@ -107,6 +107,9 @@ TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try aga
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
 )
+CLIENT_CONNECTIONS_EXCEEDED: Final = Reply(
+    421, "4.7.0", "Too many concurrent connections from your address, try again later"
+)
 TOO_MANY_JUNK_COMMANDS: Final = Reply(
     421, "4.7.0", "Too many commands without a transaction, closing connection"
 )

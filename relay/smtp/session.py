@@ -188,7 +188,7 @@ class RelaySession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            self.guard.limiter.release()
+            self.guard.limiter.release(self.client.address)
         super().connection_lost(error)
         self._registry.discard(self)
 
