@@ -106,6 +106,17 @@ class Settings(BaseModel):
     relay_proxy_trusted_networks: str = ""
     relay_max_connections: int = Field(default=100, ge=1)
     relay_peer_connection_rate: int = Field(default=60, ge=0)
+    relay_junk_command_limit: int = Field(default=100, ge=1)
+    relay_max_connections_per_client: int = Field(default=20, ge=0)
+    relay_max_connections_per_trusted_client: int = Field(default=50, ge=0)
+    relay_reserved_connections: int | None = Field(default=None, ge=0)
+
+    @property
+    def reserved_connections(self) -> int:
+        """Slots only RELAY_ALLOWED_NETWORKS may take: the setting, else a tenth (at least 1)."""
+        if self.relay_reserved_connections is not None:
+            return min(self.relay_reserved_connections, self.relay_max_connections - 1)
+        return 0 if self.relay_max_connections < 2 else max(1, self.relay_max_connections // 10)
 
     @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod

@@ -29,3 +29,11 @@ def served() -> Iterator[Served]:
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     """A test CA and a server certificate for 127.0.0.1 / localhost."""
     return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--fuzz",
+        action="store_true",
+        help="run the fuzz tests (tests/test_fuzz.py) 20 times longer than in CI",
+    )

@@ -218,7 +218,9 @@ def test_failed_auth_is_tarpitted_without_blocking_others(
         bad.command("EHLO attacker.test")
         bad.starttls(certs.client_context())
         bad.command("EHLO attacker.test")
-        bad.send(f"AUTH PLAIN {plain_token('app', 'guess')}\r\n")
+        first = bad.command(f"AUTH PLAIN {plain_token('app', 'guess')}")
+        assert first == "535 5.7.8 Authentication credentials invalid"
+        bad.send(f"AUTH PLAIN {plain_token('app', 'guess2')}\r\n")  # waits 30 s, unhashed
         with smtplib.SMTP_SSL(
             "127.0.0.1", relay.server.smtps_port, context=certs.client_context(), timeout=10
         ) as good:

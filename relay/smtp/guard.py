@@ -73,7 +73,11 @@ class Guard:
             settings=settings,
             access=Access.from_settings(settings),
             limiter=ConnectionLimiter(
-                settings.relay_max_connections, settings.relay_peer_connection_rate
+                settings.relay_max_connections,
+                settings.relay_peer_connection_rate,
+                per_client=settings.relay_max_connections_per_client,
+                per_trusted_client=settings.relay_max_connections_per_trusted_client,
+                reserved=settings.reserved_connections,
             ),
             authenticator=_build_authenticator(settings),
             tls_context=_build_tls_context(settings),

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import idna
+
 from relay.config import Network
 from relay.errors import SenderRefused
 
@@ -60,9 +62,25 @@ def in_networks(address: str, networks: Sequence[Network]) -> bool:
 
 
 def domain_of(address: str) -> str:
-    """The lowercased domain of ``local@domain`` ('' when there is none)."""
+    """The comparable domain of ``local@domain`` ('' when there is none); see ``comparable``."""
     _, at, domain = address.rpartition("@")
-    return domain.lower().rstrip(".") if at else ""
+    return comparable(domain) if at else ""
+
+
+def comparable(domain: str) -> str:
+    """``domain`` as compared with allow-lists: ASCII case folded only, after IDNA (2008).
+
+    ``str.lower`` would fold look-alikes (U+212A KELVIN SIGN to ``k``), so only ASCII letters
+    are folded; a non-ASCII name becomes its strict IDNA A-label (``xn--…``, no UTS 46
+    mapping), and one IDNA refuses stays as written: a different domain from any ASCII one.
+    """
+    domain = domain.rstrip(".")
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=False).decode("ascii").lower()
+    except idna.IDNAError:
+        return domain
 
 
 @dataclass(frozen=True, slots=True)

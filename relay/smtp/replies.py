@@ -111,6 +111,13 @@ TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try aga
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
 )
+CLIENT_CONNECTIONS_EXCEEDED: Final = Reply(
+    421, "4.7.0", "Too many concurrent connections from your address, try again later"
+)
+TOO_MANY_JUNK_COMMANDS: Final = Reply(
+    421, "4.7.0", "Too many commands without a transaction, closing connection"
+)
+TLS_ALREADY_ACTIVE: Final = Reply(554, "5.5.1", "TLS already active")
 TIMEOUT: Final = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 AUTH_BAD_BASE64: Final = Reply(501, "5.5.2", "Can't decode base64")
 AUTH_CANNOT_SPLIT: Final = Reply(501, "5.5.2", "Can't split auth value")

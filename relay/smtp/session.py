@@ -56,6 +56,8 @@ from relay.smtp.replies import (
     SERVICE_NOT_AVAILABLE,
     START_DATA,
     TIMEOUT,
+    TLS_ALREADY_ACTIVE,
+    TOO_MANY_JUNK_COMMANDS,
     TOO_MUCH_DATA,
     Reply,
     with_enhanced_code,
@@ -120,6 +122,7 @@ class RelaySession(SMTP):
         self._auth_failures = 0
         self._draining = False
         self._raw_replies = False
+        self._junk_commands = 0
         super().__init__(
             GuardedHandler(handler, guard.access, guard.on_refusal),
             hostname=settings.relay_hostname,
@@ -192,7 +195,7 @@ class RelaySession(SMTP):
     def connection_lost(self, error: Exception | None) -> None:
         if self._holds_slot:
             self._holds_slot = False
-            self.guard.limiter.release()
+            self.guard.limiter.release(self.client.address)
         super().connection_lost(error)
         self._registry.discard(self)
 
@@ -210,8 +213,42 @@ class RelaySession(SMTP):
             self._refuse()
 
     async def smtp_RSET(self, arg: str) -> None:
+        if await self._junk():
+            return
         await super().smtp_RSET(arg)
         self._close_if_draining()
+
+    # -- junk commands (Postfix smtpd_junk_command_limit) -------------------------------
+    @syntax("NOOP [ignored]")
+    async def smtp_NOOP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_NOOP(arg)
+
+    @syntax("HELP [command]")
+    async def smtp_HELP(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_HELP(arg)
+
+    @syntax("VRFY <address>")
+    async def smtp_VRFY(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_VRFY(arg)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        if not await self._junk():
+            await super().smtp_EXPN(arg)
+
+    async def _junk(self) -> bool:
+        """Count a command outside a transaction; past the limit ``421 4.7.0``, close, True."""
+        if self.envelope is not None and self.envelope.mail_from is not None:
+            return False
+        self._junk_commands += 1
+        if self._junk_commands <= self.guard.settings.relay_junk_command_limit:
+            return False
+        log.info("junk_commands", client=self.client.address, count=self._junk_commands)
+        await self.push(str(TOO_MANY_JUNK_COMMANDS))
+        self._close()
+        return True
 
     def _close_if_draining(self) -> None:
         if self._draining:
@@ -237,6 +274,14 @@ class RelaySession(SMTP):
         if isinstance(status, str) and not self._raw_replies:
             status = with_enhanced_code(status)
         await super().push(status)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        """``554 5.5.1`` inside TLS (implicit or after STARTTLS), as Postfix; else aiosmtpd's."""
+        if self.transport is not None and self.transport.get_extra_info("sslcontext"):
+            await self.push(str(TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._unmarked(super().smtp_HELO(hostname))
