@@ -24,7 +24,6 @@ from tests.security_support import (
     Certs,
     Conversation,
     b64,
-    make_certs,
     message,
     plain_token,
     write_users,
@@ -32,11 +31,6 @@ from tests.security_support import (
 from tests.standin import StandIn
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
