@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import socket
 import threading
 import time
 from collections import Counter
@@ -24,7 +23,7 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
 from relay.delivery.worker import SpoolWorker
 from tests.fakes import one_route
-from tests.harness import RunningRelay, running_relay, settings_for
+from tests.harness import RunningRelay, free_port, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
@@ -181,13 +180,6 @@ async def _read(spool_dir: Path, query: Callable[[SqliteSpool], Awaitable[T]]) -
         return await query(spool)
     finally:
         await spool.close()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def test_outage_every_message_delivered_exactly_once(tmp_path: Path) -> None:

@@ -26,17 +26,11 @@ from pathlib import Path
 import pytest
 
 from relay.delivery.spool import SqliteSpool
+from tests.harness import free_port
 from tests.paths import REPO
 from tests.standin import Recorded, Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager

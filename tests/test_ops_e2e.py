@@ -161,8 +161,7 @@ def test_readyz_is_503_once_the_listener_stops(standin: StandIn) -> None:
 
 async def _close_listener(relay: RunningRelay) -> None:
     assert relay.server is not None
-    assert relay.server._server is not None
-    relay.server._server.close()
+    relay.server.close_listeners()
 
 
 def test_metrics_are_off_by_default_and_loopback_when_on(standin: StandIn) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from relay import __version__
+from relay.assembly import build_sender
 from relay.cli.queue import add_queue_commands, run_queue_command
 from relay.config import Settings, load_settings
 from relay.delivery.api import AhaSendClient
@@ -37,7 +38,7 @@ from relay.ops.eventloop import run as run_on_loop
 from relay.ops.health import connect_host, probe
 from relay.ops.log import configure
 from relay.ops.memory import pin_mmap_threshold
-from relay.server import build_sender, run
+from relay.server import run
 from relay.smtp.auth import hash_password
 
 __all__ = ["EX_CONFIG", "EX_OK", "main"]
