@@ -13,7 +13,7 @@ Order (each step uses only what came before)::
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
-    router                       SingleRouter: the client paced and retrying       [aclose]
+    router                       SingleRouter: the client paced, breaker, retrying [aclose]
     dispatcher, handler          send now or spool; the aiosmtpd hooks
     worker, bouncer              with a spool only (not started here)
     admin server                 with RELAY_METRICS_PORT only (not started here)
@@ -34,6 +34,7 @@ import httpx
 from relay.config import Settings
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
+from relay.delivery.circuit import BreakerSender, CircuitBreaker
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.pacing import PacedSender, TokenBucket
 from relay.delivery.policy import SpoolPolicy
@@ -146,14 +147,23 @@ def _metered_transport(
     return MeteredTransport(metrics, inner)
 
 
-def default_route(settings: Settings, client: Sender, stopping: asyncio.Event) -> Route:
+def default_route(
+    settings: Settings,
+    client: Sender,
+    stopping: asyncio.Event,
+    breaker: CircuitBreaker | None = None,
+) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY,
-    retried within RELAY_RETRY_DEADLINE until ``stopping`` is set."""
+    behind a circuit breaker, retried within RELAY_RETRY_DEADLINE until ``stopping`` is set
+    or the breaker opens."""
     bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
     paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
-    retrying = RetryingSender(paced, deadline=settings.relay_retry_deadline, stopping=stopping)
+    guarded = BreakerSender(paced, breaker or CircuitBreaker())
+    retrying = RetryingSender(
+        guarded, deadline=settings.relay_retry_deadline, stopping=stopping, breaker=guarded.breaker
+    )
     account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
-    return Route(DEFAULT_ROUTE, account, sender=paced, retrying=retrying)
+    return Route(DEFAULT_ROUTE, account, sender=guarded, retrying=retrying)
 
 
 def _worker(

@@ -328,3 +328,50 @@ def test_pacing_spools_what_it_cannot_send_within_the_deadline(
         wait_until(lambda: len(standin.accepted) == 2)
     assert [r.json["subject"] for r in standin.requests] == ["First", "Second"]
     assert [r.response_status for r in standin.requests] == [202, 202]
+
+
+OUTAGES = {
+    "refused": None,
+    "503": Scripted(503),
+    "hang": Scripted(0, hang=True),
+}
+
+
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_outage_with_spool_replies_at_once_after_the_breaker_opens(
+    outage: str, tmp_path: Path
+) -> None:
+    """Default retry settings (60 s deadline): p95 of DATA → reply ≤ 1 s after 3 messages."""
+    port = free_port()
+    api = PortStandIn(port)
+    settings = settings_for(
+        None, relay_dry_run=False, ahasend_api_key=api.api_key,
+        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+        ahasend_api_timeout=1.0 if outage == "hang" else 5.0, relay_retry_deadline=60.0,
+        relay_spool_dir=tmp_path, relay_spool_retry_min=0.5, relay_spool_retry_max=1.0,
+    )  # fmt: skip
+    fault = OUTAGES[outage]
+    if fault is not None:
+        api.start()
+        api.script(*[fault] * 10_000)
+    sent = {f"Breaker {i}": f"rcpt{i}@example.net" for i in range(23)}
+    took: list[float] = []
+    with running_relay(settings) as relay:
+        for subject, rcpt in sent.items():
+            started = time.monotonic()
+            code, text = send(relay, message(subject, to=rcpt), rcpts=(rcpt,))
+            took.append(time.monotonic() - started)
+            assert code == 250
+            assert text.startswith(QUEUED_FOR_DELIVERY)
+        if fault is None:
+            api.start()
+        else:
+            api.clear()
+        wait_until(lambda: len(api.accepted) >= len(sent), timeout=30)
+        time.sleep(1.0)  # anything sent twice would show up now
+        accepted = list(api.accepted)
+    api.stop()
+    after = sorted(took[3:])
+    p95 = after[max(0, round(0.95 * len(after)) - 1)]
+    assert p95 <= 1.0, took
+    assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
