@@ -7,6 +7,8 @@ slow answers, or the whole API down); the relay is driven as an application woul
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import smtplib
 import threading
 import time
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 
 from relay.delivery.api import AhaSendClient
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
 from relay.delivery.worker import SpoolWorker
+from relay.ops.log import configure
 from tests.fakes import one_route
 from tests.harness import RunningRelay, free_port, running_relay, settings_for
 from tests.standin import Scripted, StandIn
@@ -375,3 +379,33 @@ def test_outage_with_spool_replies_at_once_after_the_breaker_opens(
     p95 = after[max(0, round(0.95 * len(after)) - 1)]
     assert p95 <= 1.0, took
     assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [{"status": "error", "recipient": "oops"}]},
+        {"data": "not a list"},
+        b"<html>Secret-Looking Body</html>",
+    ],
+    ids=["recipient-not-object", "data-not-list", "not-json"],
+)
+def test_a_malformed_2xx_counts_as_accepted(body: Any, standin: StandIn) -> None:
+    out = io.StringIO()
+    configure(fmt="json", stream=out)
+    standin.script(Scripted(202, body))
+    try:
+        with running_relay(settings_for(standin)) as relay:
+            code, _ = send(relay, message("Confidential payroll"))
+    finally:
+        structlog.reset_defaults()
+    assert code == 250
+    assert len(standin.requests) == 1
+    logs = out.getvalue()
+    [warning] = [json.loads(x) for x in logs.splitlines() if "malformed_accepted" in x]
+    assert warning["status"] == 202
+    assert warning["level"] == "warning"
+    assert "Traceback" not in logs
+    assert "internal_error" not in logs
+    assert "Confidential" not in warning["problem"]
+    assert "Secret-Looking" not in logs
