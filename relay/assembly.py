@@ -13,7 +13,7 @@ Order (each step uses only what came before)::
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
-    router                       SingleRouter: the client paced and retrying       [aclose]
+    router                       SingleRouter: the client paced, breaker, retrying [aclose]
     dispatcher, handler          send now or spool; the aiosmtpd hooks
     worker, bouncer              with a spool only (not started here)
     admin server                 with RELAY_METRICS_PORT only (not started here)
@@ -34,6 +34,7 @@ import httpx
 from relay.config import Settings, environment_variable
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
+from relay.delivery.circuit import BreakerSender, CircuitBreaker
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.pacing import PacedSender, TokenBucket
@@ -162,7 +163,8 @@ def default_route(
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY,
-    retried within RELAY_RETRY_DEADLINE until ``stopping`` is set."""
+    behind a circuit breaker, retried within RELAY_RETRY_DEADLINE until ``stopping`` is set
+    or the breaker opens."""
     account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
     if bucket is None:
         bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
@@ -182,10 +184,15 @@ def _route(
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
     paced = PacedSender(client, bucket, max_concurrency=settings.relay_api_concurrency)
+    guarded = BreakerSender(paced, CircuitBreaker(on_change=events.circuit_changed))
     retrying = RetryingSender(
-        paced, deadline=settings.relay_retry_deadline, stopping=stopping, events=events
+        guarded,
+        deadline=settings.relay_retry_deadline,
+        stopping=stopping,
+        events=events,
+        breaker=guarded.breaker,
     )
-    return Route(name, account, sender=paced, retrying=retrying)
+    return Route(name, account, sender=guarded, retrying=retrying)
 
 
 def _global_key_unset(settings: Settings, sender: Sender | None) -> bool:

@@ -178,6 +178,16 @@ class Settings(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _require_retries_within_smtp_timeout(self) -> Settings:
+        if 0 < self.relay_smtp_timeout <= self.relay_retry_deadline:
+            raise ValueError(
+                f"RELAY_RETRY_DEADLINE ({self.relay_retry_deadline:g} s) must be below "
+                f"RELAY_SMTP_TIMEOUT ({self.relay_smtp_timeout:g} s): the client would be "
+                "cut off while the relay still retries"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _require_bounce_from(self) -> Settings:
         if self.relay_bounce_notices and not (self.relay_bounce_from or "").strip():
             raise ValueError("RELAY_BOUNCE_FROM must be set when RELAY_BOUNCE_NOTICES=true")

@@ -7,6 +7,8 @@ slow answers, or the whole API down); the relay is driven as an application woul
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import smtplib
 import threading
 import time
@@ -17,11 +19,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import structlog
 
 from relay.delivery.api import AhaSendClient
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
 from relay.delivery.worker import SpoolWorker
+from relay.ops.log import configure
 from tests.fakes import one_route
 from tests.harness import RunningRelay, free_port, running_relay, settings_for
 from tests.standin import Scripted, StandIn
@@ -328,3 +332,80 @@ def test_pacing_spools_what_it_cannot_send_within_the_deadline(
         wait_until(lambda: len(standin.accepted) == 2)
     assert [r.json["subject"] for r in standin.requests] == ["First", "Second"]
     assert [r.response_status for r in standin.requests] == [202, 202]
+
+
+OUTAGES = {
+    "refused": None,
+    "503": Scripted(503),
+    "hang": Scripted(0, hang=True),
+}
+
+
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_outage_with_spool_replies_at_once_after_the_breaker_opens(
+    outage: str, tmp_path: Path
+) -> None:
+    """Default retry settings (60 s deadline): p95 of DATA → reply ≤ 1 s after 3 messages."""
+    port = free_port()
+    api = PortStandIn(port)
+    settings = settings_for(
+        None, relay_dry_run=False, ahasend_api_key=api.api_key,
+        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+        ahasend_api_timeout=1.0 if outage == "hang" else 5.0, relay_retry_deadline=60.0,
+        relay_spool_dir=tmp_path, relay_spool_retry_min=0.5, relay_spool_retry_max=1.0,
+    )  # fmt: skip
+    fault = OUTAGES[outage]
+    if fault is not None:
+        api.start()
+        api.script(*[fault] * 10_000)
+    sent = {f"Breaker {i}": f"rcpt{i}@example.net" for i in range(23)}
+    took: list[float] = []
+    with running_relay(settings) as relay:
+        for subject, rcpt in sent.items():
+            started = time.monotonic()
+            code, text = send(relay, message(subject, to=rcpt), rcpts=(rcpt,))
+            took.append(time.monotonic() - started)
+            assert code == 250
+            assert text.startswith(QUEUED_FOR_DELIVERY)
+        if fault is None:
+            api.start()
+        else:
+            api.clear()
+        wait_until(lambda: len(api.accepted) >= len(sent), timeout=30)
+        time.sleep(1.0)  # anything sent twice would show up now
+        accepted = list(api.accepted)
+    api.stop()
+    after = sorted(took[3:])
+    p95 = after[max(0, round(0.95 * len(after)) - 1)]
+    assert p95 <= 1.0, took
+    assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [{"status": "error", "recipient": "oops"}]},
+        {"data": "not a list"},
+        b"<html>Secret-Looking Body</html>",
+    ],
+    ids=["recipient-not-object", "data-not-list", "not-json"],
+)
+def test_a_malformed_2xx_counts_as_accepted(body: Any, standin: StandIn) -> None:
+    out = io.StringIO()
+    configure(fmt="json", stream=out)
+    standin.script(Scripted(202, body))
+    try:
+        with running_relay(settings_for(standin)) as relay:
+            code, _ = send(relay, message("Confidential payroll"))
+    finally:
+        structlog.reset_defaults()
+    assert code == 250
+    assert len(standin.requests) == 1
+    logs = out.getvalue()
+    [warning] = [json.loads(x) for x in logs.splitlines() if "malformed_accepted" in x]
+    assert warning["status"] == 202
+    assert warning["level"] == "warning"
+    assert "Traceback" not in logs
+    assert "internal_error" not in logs
+    assert "Confidential" not in warning["problem"]
+    assert "Secret-Looking" not in logs

@@ -11,7 +11,10 @@ SMTP client's own timeout: each attempt is cut at the deadline, and a retry whos
 would overrun it is not made. The last error is then raised for the caller (the spool or
 a 4xx reply). ``stop_retrying`` (shutdown) ends every wait at once and makes each send
 raise its last error after the attempt in progress, so that a transaction still in
-flight is answered (spooled or 4xx) within the shutdown grace period.
+flight is answered (spooled or 4xx) within the shutdown grace period. An open circuit
+breaker (``relay.delivery.circuit``) does the same for an outage: no attempt for new
+sends (only a rare probe when the breaker allows one), and no more waiting for sends
+between retries.
 
 Clock, sleep and randomness are injected so tests need no real waiting.
 """
@@ -22,6 +25,7 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, retry_after_of
@@ -34,6 +38,9 @@ from relay.errors import (
     UpstreamUnreachable,
 )
 from relay.ops.log import get_logger
+
+if TYPE_CHECKING:
+    from relay.delivery.circuit import CircuitBreaker
 
 __all__ = ["RETRYABLE", "RetryingSender"]
 
@@ -73,6 +80,7 @@ class RetryingSender:
         rng: random.Random | None = None,
         stopping: asyncio.Event | None = None,
         events: DeliveryEvents = NO_EVENTS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self._events = events
         self._inner = inner
@@ -82,13 +90,21 @@ class RetryingSender:
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._stopping = stopping if stopping is not None else asyncio.Event()
+        self._breaker = breaker
 
     def stop_retrying(self) -> None:
         """Shutdown: no more retries; waiting sends raise their last error now."""
         self._stopping.set()
 
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:
-        """Deliver ``body``, retrying transient failures; raises the last error at the end."""
+        """Deliver ``body``, retrying transient failures; raises the last error at the end.
+
+        With the breaker open: ``UpstreamUnreachable`` at once, or one probe attempt.
+        """
+        if self._breaker is not None and self._breaker.is_open:
+            if not self._breaker.allow_probe():
+                raise UpstreamUnreachable("circuit open")
+            return await self._inner.send(body, idempotency_key)
         if self._deadline <= 0:
             return await self._inner.send(body, idempotency_key)
         deadline = self._clock() + self._deadline
@@ -102,7 +118,7 @@ class RetryingSender:
             except RETRYABLE as exc:
                 last = exc
                 delay = self._backoff.delay(attempt + 1, self._rng, retry_after_of(exc))
-                if self._stopping.is_set() or self._clock() + delay >= deadline:
+                if self._halted() or self._clock() + delay >= deadline:
                     raise
                 self._events.retried(type(exc).__name__)
                 log.info(
@@ -127,14 +143,20 @@ class RetryingSender:
         except TimeoutError as exc:
             raise _DeadlineCut("retry deadline reached") from exc
 
+    def _halted(self) -> bool:
+        """Shutdown, or an open breaker: no more retries."""
+        return self._stopping.is_set() or (self._breaker is not None and self._breaker.is_open)
+
     async def _pause(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; False when ``stop_retrying`` cut the sleep short."""
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        stopper = asyncio.ensure_future(self._stopping.wait())
+        """Sleep ``delay`` seconds; False when shutdown or an open breaker cut it short."""
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._sleep(delay))]
+        waits.append(asyncio.ensure_future(self._stopping.wait()))
+        if self._breaker is not None:
+            waits.append(asyncio.ensure_future(self._breaker.wait_open()))
         try:
-            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, stopper):
+            for task in waits:
                 task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
-        return not self._stopping.is_set()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return not self._halted()

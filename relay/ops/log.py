@@ -114,7 +114,10 @@ def _processors(fmt: str, scrubber: SecretScrubber, recipients: str) -> list[Pro
         renderer: Processor = structlog.dev.ConsoleRenderer(colors=False)
     else:
         tracebacks, renderer = (
-            structlog.processors.dict_tracebacks,
+            # Never the frames' local variables: they hold message content and secrets.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.JSONRenderer(),
         )
     # The scrubber runs last before rendering so that tracebacks are scrubbed too.

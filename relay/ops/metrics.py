@@ -21,8 +21,7 @@ from here):
   (``upstream_reachable``, used by ``/readyz``);
 - the open-session count and the spool's async stats reader are given at construction;
   ``watch_readiness`` adds the readiness gauge;
-- ``circuit_open`` is for the upstream circuit breaker, which does not exist yet: it is
-  exported as 0 until a breaker sets it.
+- ``circuit_open`` follows the upstream circuit breaker (``relay.delivery.circuit``).
 """
 
 from __future__ import annotations
@@ -171,7 +170,7 @@ class RelayMetrics:
         ), SPOOL_EVENTS)  # fmt: skip
         self.circuit_open = Gauge(
             PREFIX + "circuit_open",
-            "1 while the upstream circuit breaker is open (no breaker yet: always 0).",
+            "1 while the upstream circuit breaker is open.",
             registry=registry,
         )  # fmt: skip
 
@@ -194,6 +193,10 @@ class RelayMetrics:
     def retried(self, error: str) -> None:
         """One in-transaction retry after ``error`` (an exception class name)."""
         self.retries.labels(error).inc()
+
+    def circuit_changed(self, is_open: bool) -> None:
+        """The upstream circuit breaker opened or closed (the ``circuit_open`` gauge)."""
+        self.circuit_open.set(1.0 if is_open else 0.0)
 
     def spool_event(self, event: str) -> None:
         """A request ``spooled``, ``delivered``, ``deferred`` or ``dead``."""
