@@ -97,8 +97,8 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> str:
     pip_conf = tmp_path_factory.mktemp("build") / "pip.conf"
     pip_conf.write_text("[global]\ncert = /etc/ssl/build-ca.crt\n")
     podman(
-        "build", "--format", "docker", "--isolation", "chroot", "--network", "host",
-        "--pull=never", "-v", f"{pip_conf}:/etc/pip.conf:ro",
+        "build", "--format", "docker", "--layers=false", "--isolation", "chroot",
+        "--network", "host", "--pull=never", "-v", f"{pip_conf}:/etc/pip.conf:ro",
         "-v", f"{ca}:/etc/ssl/build-ca.crt:ro", "-t", IMAGE, str(REPO), timeout=BUILD_TIMEOUT,
     )  # fmt: skip
     return IMAGE

@@ -159,6 +159,9 @@ def test_stdlib_records_are_scrubbed_and_rendered_like_ours(restore_logging: Any
     logging.getLogger("asyncio").warning("key aha-sk-hidden in %s", "text")
     with warnings.catch_warnings():
         warnings.simplefilter("always")
+        # pytest records warnings itself; hand them to logging as a plain process would.
+        logging.captureWarnings(False)
+        logging.captureWarnings(True)
         warnings.warn("deprecated thing", DeprecationWarning, stacklevel=1)
     try:
         raise ValueError("boom aha-sk-hidden")
