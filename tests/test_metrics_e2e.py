@@ -82,5 +82,4 @@ def test_ready_gauge_follows_readyz(standin: StandIn) -> None:
 
 async def _close_listener(relay: RunningRelay) -> None:
     assert relay.server is not None
-    assert relay.server._server is not None
-    relay.server._server.close()
+    relay.server.close_listeners()
