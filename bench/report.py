@@ -39,6 +39,9 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
     rise = big.get("relay", {}).get("rise_over_size")
     growth = (results.get("growth") or {}).get("growth_bytes")
     peer_cpu = peer.get("cpu_s_per_1000")
+    paced_cpu = small.get("relay,", {}).get("cpu_s_per_1000")
+    relay_cpu = relay.get("cpu_s_per_1000")
+    pacing = None if not (paced_cpu and relay_cpu) else round(paced_cpu / relay_cpu, 3)
     return [
         _check(
             "throughput ≥ 70 % of min(a, b), small; a on the relay's transport",
@@ -67,6 +70,13 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             None if peer_cpu is None else round(peer_cpu / 2, 3),
             _le(relay.get("cpu_s_per_1000"), None if peer_cpu is None else peer_cpu / 2),
             "s",
+        ),
+        _check(
+            "CPU per 1,000 small at default pacing ≤ 1.15 x unpaced",
+            pacing,
+            1.15,
+            _le(pacing, 1.15),
+            "x unpaced",
         ),
         _check("added p50 latency over (a) ≤ 5 ms, C=1", added, 5.0, _le(added, 5.0), "ms"),
         _check(

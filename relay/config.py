@@ -1,20 +1,33 @@
 """The one settings object. Nothing else in the relay reads the environment.
 
-Values come from, in order of precedence: keyword arguments (the CLI's flags), the
-process environment, then an env file (``--env-file``). Every variable is documented in
-``config.example.env``.
+``load_settings`` gathers the values, in order of precedence: keyword arguments (the CLI's
+flags), the process environment, then an env file (``--env-file``, read as systemd's
+``EnvironmentFile=`` reads it: ``relay.envfile``). Secrets may instead come from files:
+``AHASEND_API_KEY_FILE`` / ``RELAY_AUTH_PASSWORD_FILE``, or systemd credentials named
+``ahasend_api_key`` / ``relay_auth_password`` in ``$CREDENTIALS_DIRECTORY``
+(``LoadCredential=``); one source per secret, or ConfigError.
+
+Every ``RELAY_*`` and ``AHASEND_*`` name must be a setting: a typo stops the relay with
+``unknown setting RELAY_PROT (did you mean RELAY_PORT?)`` instead of being ignored.
+Every variable is documented in ``config.example.env``. ``Settings(...)`` itself reads
+nothing: it validates the values it is given.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import os
 import re
 import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import (
+    BaseModel,
+    ConfigDict,
     Field,
     HttpUrl,
     SecretStr,
@@ -22,23 +35,21 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.envfile import read_env_file
 from relay.errors import ConfigError
 
-__all__ = ["ConfigError", "Settings", "load_settings"]
+__all__ = ["ConfigError", "Settings", "known_names", "load_settings"]
 
 MIB = 1024 * 1024
 AHASEND_MAX_MESSAGE_SIZE = 20 * MIB
 AHASEND_MAX_RECIPIENTS = 50
 
 
-class Settings(BaseSettings):
+class Settings(BaseModel):
     """Every knob of the relay. Field names are the environment variables, lowercased."""
 
-    model_config = SettingsConfigDict(
-        case_sensitive=False, extra="ignore", frozen=True, env_file_encoding="utf-8"
-    )
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     # -- AhaSend ------------------------------------------------------------------
     ahasend_api_key: SecretStr | None = None
@@ -73,10 +84,12 @@ class Settings(BaseSettings):
     relay_dry_run: bool = False
     relay_log_format: Literal["json", "console"] | None = None
     relay_log_level: Literal["debug", "info", "warning", "error"] = "info"
+    relay_log_recipients: Literal["plain", "hash", "none"] = "plain"
     relay_event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     # -- security (relay.smtp: guard, auth, tls, policy, limits) ----
     relay_auth_file: Path | None = None
+    relay_tenants_file: Path | None = None
     relay_auth_user: str | None = None
     relay_auth_password: SecretStr | None = None
     relay_auth_allow_plaintext: bool = False
@@ -93,6 +106,17 @@ class Settings(BaseSettings):
     relay_proxy_trusted_networks: str = ""
     relay_max_connections: int = Field(default=100, ge=1)
     relay_peer_connection_rate: int = Field(default=60, ge=0)
+    relay_junk_command_limit: int = Field(default=100, ge=1)
+    relay_max_connections_per_client: int = Field(default=20, ge=0)
+    relay_max_connections_per_trusted_client: int = Field(default=50, ge=0)
+    relay_reserved_connections: int | None = Field(default=None, ge=0)
+
+    @property
+    def reserved_connections(self) -> int:
+        """Slots only RELAY_ALLOWED_NETWORKS may take: the setting, else a tenth (at least 1)."""
+        if self.relay_reserved_connections is not None:
+            return min(self.relay_reserved_connections, self.relay_max_connections - 1)
+        return 0 if self.relay_max_connections < 2 else max(1, self.relay_max_connections // 10)
 
     @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod
@@ -131,6 +155,8 @@ class Settings(BaseSettings):
     def _require_credentials(self) -> Settings:
         if self.relay_dry_run:
             return self
+        if self.relay_tenants_file is not None:
+            return self._require_global_key_whole()
         missing = [
             name
             for name, value in (
@@ -142,6 +168,22 @@ class Settings(BaseSettings):
         if missing:
             raise ValueError(
                 f"{' and '.join(missing)} must be set (or RELAY_DRY_RUN=true to run without)"
+            )
+        return self
+
+    def _require_global_key_whole(self) -> Settings:
+        """With tenants the global key is optional; a half-given one is still an error."""
+        if (self.ahasend_api_key is None) != (self.ahasend_account_id is None):
+            raise ValueError("AHASEND_API_KEY and AHASEND_ACCOUNT_ID go together")
+        return self
+
+    @model_validator(mode="after")
+    def _require_retries_within_smtp_timeout(self) -> Settings:
+        if 0 < self.relay_smtp_timeout <= self.relay_retry_deadline:
+            raise ValueError(
+                f"RELAY_RETRY_DEADLINE ({self.relay_retry_deadline:g} s) must be below "
+                f"RELAY_SMTP_TIMEOUT ({self.relay_smtp_timeout:g} s): the client would be "
+                "cut off while the relay still retries"
             )
         return self
 
@@ -277,14 +319,98 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def load_settings(env_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment (and ``env_file``), or ConfigError naming the variable."""
+PREFIXES = ("RELAY_", "AHASEND_")
+SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+SECRET_FILES = {"AHASEND_API_KEY": "AHASEND_API_KEY_FILE",
+                "RELAY_AUTH_PASSWORD": "RELAY_AUTH_PASSWORD_FILE"}  # fmt: skip
+"""Secret settings that may come from a file (``*_FILE``) or a systemd credential."""
+
+
+def known_names() -> frozenset[str]:
+    """Every ``RELAY_*``/``AHASEND_*`` variable the relay reads."""
+    fields = {name.upper() for name in Settings.model_fields}
+    return frozenset(fields - set(SYSTEMD_VARIABLES) | set(SECRET_FILES.values()))
+
+
+def load_settings(
+    env_file: Path | None = None, environ: Mapping[str, str] | None = None, **overrides: Any
+) -> Settings:
+    """Settings from ``environ`` (default: the process environment), ``env_file`` and
+    ``overrides``, or ConfigError naming the variable (and the file's line)."""
+    environ = os.environ if environ is None else environ
     if env_file is not None and not env_file.is_file():
         raise ConfigError(f"--env-file: {env_file} is not a readable file")
+    values = gather(environ, read_env_file(env_file) if env_file is not None else {}, env_file)
     try:
-        return Settings(_env_file=env_file, **overrides)
+        return Settings(**(values | overrides))
     except ValidationError as exc:
         raise ConfigError(_describe(exc)) from None
+
+
+def gather(
+    environ: Mapping[str, str], from_file: Mapping[str, tuple[str, int]], path: Path | None
+) -> dict[str, Any]:
+    """Field values from the environment over the file's, secrets from their files."""
+    known = known_names()
+    problems = [
+        f"{where}unknown setting {name}{_suggestion(name, known)}"
+        for name, where in (
+            *((name, f"{path}:{line}: ") for name, (_, line) in from_file.items()),
+            *((name, "") for name in environ),
+        )
+        if name.upper().startswith(PREFIXES) and name.upper() not in known
+    ]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    merged = {name.upper(): value for name, (value, _) in from_file.items()}
+    merged |= {name.upper(): value for name, value in environ.items()
+               if name.upper().startswith(PREFIXES)}  # fmt: skip
+    merged |= {name: environ[name] for name in SYSTEMD_VARIABLES if name in environ}
+    for name, file_variable in SECRET_FILES.items():
+        secret = _secret_value(name, merged, file_variable, environ.get("CREDENTIALS_DIRECTORY"))
+        merged.pop(file_variable, None)
+        if secret is not None:
+            merged[name] = secret
+    return {name.lower(): value for name, value in merged.items()}
+
+
+def _suggestion(name: str, known: frozenset[str]) -> str:
+    close = difflib.get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _secret_value(
+    name: str, merged: Mapping[str, str], file_variable: str, credentials: str | None
+) -> str | None:
+    """The secret ``name`` from its one source: the variable, ``*_FILE`` or a credential."""
+    sources: list[tuple[str, Path | None]] = []
+    if name in merged:
+        sources.append((name, None))
+    if file_variable in merged:
+        sources.append((file_variable, Path(merged[file_variable])))
+    credential = Path(credentials) / name.lower() if credentials else None
+    if credential is not None and credential.exists():
+        sources.append((f"systemd credential {name.lower()}", credential))
+    if len(sources) > 1:
+        raise ConfigError(f"{name} is given twice ({' and '.join(s for s, _ in sources)}): "
+                          "keep one")  # fmt: skip
+    if not sources:
+        return None
+    where, secret_path = sources[0]
+    return merged[name] if secret_path is None else _read_secret(where, secret_path)
+
+
+def _read_secret(where: str, path: Path) -> str:
+    """The file's text without its final line break; ConfigError when unusable or empty."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"{where}: cannot read {path}: {why}") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret or "\n" in secret:
+        raise ConfigError(f"{where}: {path} must hold the secret alone on one line")
+    return secret
 
 
 def _describe(exc: ValidationError) -> str:
@@ -295,3 +421,8 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{name}: {message}" if name else message)
     return "; ".join(lines)
+
+
+def environment_variable(name: str) -> str | None:
+    """One environment variable by name (a tenant's ``api_key_env``); None when unset."""
+    return os.environ.get(name)

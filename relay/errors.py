@@ -22,12 +22,13 @@ later (4xx) or give up (5xx)::
           ├── UpstreamRejected             400 / 422: the API refused it      554 5.6.0
           ├── UpstreamForbidden            403                                550 5.7.1
           ├── SenderRefused                From domain not allowed (policy)   550 5.7.1
+          ├── NoTenant                     no tenant and no global key        550 5.7.1
           └── NothingQueued                202 but every recipient failed     554 5.0.0
 
 Start-up errors sit outside that tree: they stop the process, never a transaction::
 
     ConfigError                            a setting is missing or invalid     exit 78
-    SpoolUnavailable                       the spool cannot be opened          exit 73
+    SpoolUnavailable                       the spool cannot be opened or used  exit 73
 
 Reply codes live in ``relay.smtp.replies`` (``REPLY_FOR`` maps each class above to its
 reply); this module names outcomes, not SMTP.
@@ -42,6 +43,7 @@ __all__ = [
     "MessageEncrypted",
     "MessageTooLarge",
     "MessageUnparseable",
+    "NoTenant",
     "NothingQueued",
     "PermanentError",
     "RelayError",
@@ -66,7 +68,11 @@ class ConfigError(Exception):
 
 
 class SpoolUnavailable(Exception):
-    """The spool cannot be opened (permissions, not a database...). ``str()`` says why."""
+    """The spool cannot be opened or used (permissions, not a database, disk gone...).
+
+    ``str()`` says why. At start-up it stops the process (exit 73); during a transaction
+    the dispatcher answers 4xx instead of 250, and the worker retries in its next round.
+    """
 
 
 class RelayError(Exception):
@@ -147,6 +153,10 @@ class UpstreamForbidden(PermanentError):
 
 class SenderRefused(PermanentError):
     """The From header names a domain this relay (or this AUTH user) may not send as."""
+
+
+class NoTenant(PermanentError):
+    """No tenant claims the client (AUTH user or network) and there is no global key."""
 
 
 class NothingQueued(PermanentError):

@@ -1,17 +1,26 @@
 """The relay's lifecycle: start listening, serve until told to stop, shut down gracefully.
 
-``RelayServer`` owns the listening socket, the live SMTP sessions and the ``Sender``.
-``run`` wraps it for the CLI: it installs SIGTERM/SIGINT handlers for the duration of
-the serve and restores them afterwards; SIGHUP re-reads the TLS certificate and the
-AUTH users (``RelayServer.reload``) without closing the listeners.
+``RelayServer`` runs one relay (``relay.assembly`` builds its parts). ``start`` opens
+everything in order on one ``contextlib.AsyncExitStack`` (as uvicorn's server runs
+startup, serve and shutdown): the parts ``assemble`` opens (the spool, the API client),
+then the SMTP listener, the implicit-TLS listener (``RELAY_SMTPS_PORT``), the admin server
+(``RELAY_METRICS_PORT``) and the spool worker task. A failure at any step unwinds that
+stack, so everything opened before it is closed again, and the error propagates (the CLI
+turns it into an exit status). ``stop`` drains, then unwinds the same stack: one cleanup
+path for both.
+
+``run`` wraps it for the CLI, again on one exit stack: SIGHUP (re-read the TLS certificate
+and the AUTH users, ``RelayServer.reload``, listeners stay up) from before the listeners
+open, SIGTERM/SIGINT (graceful shutdown) once serving; each signal's previous handler is
+restored on the way out, whether start-up failed or the relay served and stopped.
 
 With ``RELAY_SMTPS_PORT`` a second listener speaks implicit TLS (port 465 style); its
 sessions are the same ``GuardedSMTP`` as on the plain port (``relay.smtp.guard``).
 
-Delivery stack: the handler sends through ``RetryingSender`` (retries within the
-transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client; with
-``RELAY_SPOOL_DIR`` set, transient failures are spooled and a ``SpoolWorker`` task
-delivers them through the same ``PacedSender``.
+Delivery stack: the handler sends through its route's ``RetryingSender`` (retries within
+the transaction) → ``PacedSender`` (token bucket, concurrency cap) → the API client (see
+``relay.delivery.route``); with ``RELAY_SPOOL_DIR`` set, transient failures are spooled
+and a ``SpoolWorker`` task delivers them through the same ``PacedSender``.
 
 Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the listener
 stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
@@ -20,102 +29,102 @@ in-transaction retries: what still fails is spooled, or gets a 4xx) and its sess
 then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
 stops after its delivery round in progress (a safe point; it is cancelled if it
 overruns the grace period, which is safe too: a spooled row only changes after the API
-answered). Then the listener, the sender and the spool are closed.
+answered). Then the stack unwinds: the worker is awaited, the admin server stopped, the
+listeners, the API client and the spool closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
-
-import httpx
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from types import TracebackType
 
 from relay import __version__
+from relay.assembly import Relay, assemble, reload_tenants
 from relay.config import Settings
-from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
-from relay.delivery.bounce import Bouncer
-from relay.delivery.dispatch import Dispatcher, SpoolPolicy
-from relay.delivery.pacing import PacedSender, TokenBucket
-from relay.delivery.retry import RetryingSender
-from relay.delivery.sender import DryRunSender, Sender
-from relay.delivery.spool import Spool
-from relay.delivery.transport import build_transport
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.sender import Sender
+from relay.delivery.spool import SpoolBackend
+from relay.delivery.worker import SpoolWorker
 from relay.errors import ConfigError
-from relay.ops.admin import AdminServer, Readiness
-from relay.ops.health import readiness
+from relay.ops.admin import AdminServer
 from relay.ops.log import get_logger
-from relay.ops.metrics import MeteredTransport, RelayMetrics
+from relay.ops.metrics import RelayMetrics
 from relay.ops.systemd import Notifier
-from relay.smtp.drain import Refuser, TrackedSMTP, finish_sessions
+from relay.smtp.drain import Refuser, finish_sessions
 from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
-from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
+from relay.smtp.session import RelaySession
 
-__all__ = ["RelayServer", "build_sender", "run"]
+__all__ = ["RelayServer", "run"]
 
 log = get_logger("relay.server")
 
 
-def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:
-    """The Sender the settings ask for: dry-run, or the AhaSend client (metered if asked)."""
-    if settings.relay_dry_run:
-        return DryRunSender()
-    assert settings.ahasend_api_key is not None  # guaranteed by Settings' validator
-    return AhaSendClient(
-        base_url=settings.api_base_url,
-        api_key=settings.ahasend_api_key.get_secret_value(),
-        account_id=str(settings.ahasend_account_id),
-        timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport)
-        if metrics is not None
-        else build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
-    )
-
-
-def _metered_transport(
-    metrics: RelayMetrics, choice: str, connections: int = MAX_CONNECTIONS
-) -> MeteredTransport:
-    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered."""
-    inner = build_transport(choice, connections)
-    if inner is None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        inner = httpx.AsyncHTTPTransport(limits=limits)
-    return MeteredTransport(metrics, inner)
-
-
 class RelayServer:
-    """One SMTP listener forwarding through one Sender. ``start`` → ``stop``."""
+    """One relay: ``start`` → ``stop``, or ``async with``. ``sender`` replaces the API client.
 
-    def __init__(
-        self, settings: Settings, sender: Sender | None = None, metrics: RelayMetrics | None = None
-    ) -> None:
+    The parts (``spool``, ``admin``, ``metrics``...) exist from ``start`` on; they stay
+    readable after ``stop`` or a failed ``start`` (closed).
+    """
+
+    def __init__(self, settings: Settings, sender: Sender | None = None) -> None:
         self.settings = settings
-        self.metrics = metrics if metrics is not None else RelayMetrics()
-        self.guard = Guard.from_settings(settings)
-        self.guard.on_auth_failure = self.metrics.auth_failures.inc
-        self.sender = sender if sender is not None else build_sender(settings, self.metrics)
-        self.spool = Spool(settings.relay_spool_dir) if settings.relay_spool_dir else None
-        paced = _paced(self.sender, settings)
-        self._front = front = RetryingSender(paced, deadline=settings.relay_retry_deadline)
-        self.handler = RelayHandler(
-            front,
-            max_recipients=settings.relay_max_recipients,
-            accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
-            sender_policy=self.guard.senders,
-            observer=self.metrics,
-            dispatcher=Dispatcher(front, self.spool, _spool_policy(settings)),
-        )
-        self.worker = _worker(self.spool, paced, settings) if self.spool else None
-        self._worker_task: asyncio.Task[None] | None = None
+        self._sender = sender
+        self._sessions: set[RelaySession] = set()
+        self._relay: Relay | None = None
         self._server: asyncio.Server | None = None
         self._smtps_server: asyncio.Server | None = None
-        self._sessions: set[TrackedSMTP] = set()
+        self._worker_task: asyncio.Task[None] | None = None
+        self._resources: AsyncExitStack | None = None
         self._draining = False
-        self.metrics.sessions_open.func = lambda: len(self._sessions)
-        self.admin = _admin_server(settings, self.metrics, self.readiness)
-        if self.spool is not None:
-            _report_spool(self.metrics, self.spool)
+        self._ends: float | None = None
+        """When the shutdown grace period ends (loop time); None before ``stop``."""
+
+    async def __aenter__(self) -> RelayServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- the parts ---------------------------------------------------------------------
+    @property
+    def relay(self) -> Relay:
+        """Everything ``assemble`` built (from ``start`` on)."""
+        assert self._relay is not None, "not started"
+        return self._relay
+
+    @property
+    def handler(self) -> RelayHandler:
+        return self.relay.handler
+
+    @property
+    def guard(self) -> Guard:
+        return self.relay.guard
+
+    @property
+    def metrics(self) -> RelayMetrics:
+        return self.relay.metrics
+
+    @property
+    def spool(self) -> SpoolBackend | None:
+        return self.relay.spool
+
+    @property
+    def worker(self) -> SpoolWorker | None:
+        return self.relay.worker
+
+    @property
+    def admin(self) -> AdminServer | None:
+        return self.relay.admin
 
     @property
     def port(self) -> int:
@@ -132,38 +141,42 @@ class RelayServer:
         port: int = self._smtps_server.sockets[0].getsockname()[1]
         return port
 
-    async def start(self) -> None:
-        """Bind the listener(s); returns once connections are accepted."""
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
-        )
-        if self.settings.relay_smtps_port is not None:
-            try:
-                self._smtps_server = await self._start_smtps(loop)
-            except OSError:
-                self._server.close()
-                raise
-        log.info("listening", host=self.settings.relay_host, port=self.port,
-                 dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
-        if self.admin is not None:
-            try:
-                await self.admin.start()
-            except OSError:
-                self._close_listeners()
-                await self.sender.aclose()
-                raise
-        if self.worker is not None:
-            self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
-
     @property
     def listening(self) -> bool:
         """True while the SMTP listener accepts connections."""
         return self._server is not None and self._server.is_serving()
 
-    def readiness(self) -> tuple[bool, str]:
-        """(ready, reason), as ``/readyz`` reports it."""
-        return readiness(self.listening, self.settings.relay_dry_run, self.metrics)
+    # -- start-up ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open everything in order; returns once connections are accepted.
+
+        On failure everything opened so far is closed again before the error propagates.
+        """
+        async with AsyncExitStack() as resources:
+            self._relay = await assemble(
+                self.settings, resources, sessions=self._sessions,
+                listening=lambda: self.listening, sender=self._sender,
+            )  # fmt: skip
+            await self._listen(resources)
+            if self.admin is not None:
+                await self.admin.start()
+                resources.push_async_callback(self.admin.stop)
+            if self.worker is not None:
+                self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
+                resources.push_async_callback(self._stop_worker)
+            self._resources = resources.pop_all()
+
+    async def _listen(self, resources: AsyncExitStack) -> None:
+        """Bind the SMTP listener and, with RELAY_SMTPS_PORT, the implicit-TLS one."""
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            self._new_session, host=self.settings.relay_host, port=self.settings.relay_port
+        )
+        resources.callback(self.close_listeners)
+        if self.settings.relay_smtps_port is not None:
+            self._smtps_server = await self._start_smtps(loop)
+        log.info("listening", host=self.settings.relay_host, port=self.port,
+                 dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
 
     async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
         server = await loop.create_server(
@@ -175,47 +188,56 @@ class RelayServer:
         log.info("listening_smtps", host=self.settings.relay_host, port=port)
         return server
 
+    # -- shutdown ------------------------------------------------------------------------
     async def stop(self, grace: float | None = None) -> None:
         """Refuse new work, let transactions finish within ``grace`` seconds, then close.
 
-        See the module docstring for the order. Returns when everything is closed.
+        See the module docstring for the order. Returns when everything is closed; does
+        nothing when not started (or already stopped).
         """
+        if self._resources is None:
+            return
         grace = self.settings.relay_shutdown_timeout if grace is None else grace
-        loop = asyncio.get_running_loop()
-        ends = loop.time() + grace
+        self._ends = asyncio.get_running_loop().time() + grace
         self._draining = True
-        self._front.stop_retrying()
+        self.relay.stop_retrying.set()
         if self.worker is not None:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
             session.drain()
         abandoned = await finish_sessions(self._sessions, grace)
-        self._close_listeners()
-        await self._stop_worker(max(ends - loop.time(), 0.0))
-        await self.sender.aclose()
-        if self.admin is not None:
-            await self.admin.stop()
-        if self.spool is not None:
-            self.spool.close()
+        resources, self._resources = self._resources, None
+        await resources.aclose()
         log.info("stopped", abandoned_sessions=abandoned)
 
-    def _close_listeners(self) -> None:
-        """Stop accepting on the plain and the implicit-TLS port."""
+    def close_listeners(self) -> None:
+        """Stop accepting on the plain and the implicit-TLS port (``stop`` does it too)."""
         for server in (self._server, self._smtps_server):
             if server is not None:
                 server.close()
 
     def reload(self) -> None:
-        """SIGHUP: re-read the TLS certificate and the AUTH users; listeners stay up."""
+        """SIGHUP: re-read the TLS certificate, the AUTH users and the tenants (with their
+        key files); listeners stay up. What does not load is logged and the old one stays."""
+        if self._relay is None:
+            return
         try:
             self.guard.reload()
+            tenants = reload_tenants(self._relay)
         except ConfigError as exc:
             log.error("reload_failed", error=str(exc))
-
-    async def _stop_worker(self, grace: float) -> None:
-        """Wait for the worker to end its round in progress; cancel it past ``grace``."""
-        if self._worker_task is None:
             return
+        if tenants is not None:
+            log.info("tenants_reloaded", tenants=tenants)
+
+    async def _stop_worker(self) -> None:
+        """Stop the worker after its round in progress; cancel it past the grace period
+        (at once when start-up failed)."""
+        assert self.worker is not None
+        assert self._worker_task is not None
+        self.worker.stop()
+        loop = asyncio.get_running_loop()
+        grace = max(self._ends - loop.time(), 0.0) if self._ends is not None else 0.0
         done, _ = await asyncio.wait([self._worker_task], timeout=grace)
         if not done:
             log.warning("worker_cancelled", grace_s=round(grace, 1))
@@ -225,74 +247,11 @@ class RelayServer:
     def _new_session(self, implicit_tls: bool = False) -> asyncio.Protocol:
         if self._draining:
             return Refuser()
-        session = TrackedSMTP(
-            self.handler,
-            self._sessions,
-            guard=self.guard,
-            implicit_tls=implicit_tls,
-            hostname=self.settings.relay_hostname,
-            ident=f"ahasend-relay {__version__} ESMTP",
-            data_size_limit=self.settings.relay_max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            timeout=self.settings.relay_smtp_timeout,
-            max_line_length=self.settings.relay_max_line_length,
+        session = RelaySession(
+            self.handler, guard=self.guard, registry=self._sessions, implicit_tls=implicit_tls
         )
         self._sessions.add(session)
         return session
-
-
-def _admin_server(
-    settings: Settings, metrics: RelayMetrics, ready: Readiness
-) -> AdminServer | None:
-    """The /metrics, /healthz, /readyz server when RELAY_METRICS_PORT is set."""
-    if settings.relay_metrics_port is None:
-        return None
-    return AdminServer(
-        settings.relay_metrics_host, settings.relay_metrics_port,
-        render=metrics.render, ready=ready,
-    )  # fmt: skip
-
-
-def _report_spool(metrics: RelayMetrics, spool: Spool) -> None:
-    """Spool depth, oldest age and health, read from the spool at scrape time."""
-
-    def healthy() -> bool:
-        try:
-            spool.stats()
-        except Exception:  # a spool that cannot answer a query cannot take mail either
-            return False
-        return True
-
-    metrics.register_spool(
-        depth=lambda: spool.stats().queued,
-        oldest_age=lambda: spool.stats().oldest_age,
-        healthy=healthy,
-    )
-
-
-def _paced(sender: Sender, settings: Settings) -> PacedSender:
-    bucket = TokenBucket(settings.relay_api_rate, settings.relay_api_burst)
-    return PacedSender(sender, bucket, max_concurrency=settings.relay_api_concurrency)
-
-
-def _spool_policy(settings: Settings) -> SpoolPolicy:
-    return SpoolPolicy(
-        first_retry=settings.relay_spool_retry_min, max_age=settings.relay_spool_max_age
-    )
-
-
-def _worker(spool: Spool, sender: Sender, settings: Settings) -> SpoolWorker:
-    policy = WorkerPolicy(
-        retry_min=settings.relay_spool_retry_min,
-        retry_max=max(settings.relay_spool_retry_max, settings.relay_spool_retry_min),
-        max_age=settings.relay_spool_max_age,
-        poll_interval=min(1.0, settings.relay_spool_retry_min),
-    )
-    bouncer = None
-    if settings.relay_bounce_notices and settings.relay_bounce_from:
-        bouncer = Bouncer(sender, settings.relay_bounce_from)
-    return SpoolWorker(spool, sender, policy, bouncer=bouncer)
 
 
 def _handshake_timeout(settings: Settings) -> float:
@@ -300,30 +259,45 @@ def _handshake_timeout(settings: Settings) -> float:
     return min(settings.relay_smtp_timeout, 30.0)
 
 
-async def run(settings: Settings, ready: asyncio.Event | None = None) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully; handlers are restored."""
-    stop = asyncio.Event()
+async def run(
+    settings: Settings, ready: asyncio.Event | None = None, server: RelayServer | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT, then shut down gracefully; handlers are restored.
+
+    ``ready`` is set once the relay serves; ``server`` replaces the one built from
+    ``settings`` (a seam for tests).
+    """
     loop = asyncio.get_running_loop()
-    server = RelayServer(settings)
+    server = server if server is not None else RelayServer(settings)
     notifier = Notifier.from_values(
         settings.notify_socket, settings.watchdog_usec, settings.watchdog_pid
     )
-    loop.add_signal_handler(signal.SIGHUP, server.reload)  # from "listening" on, no race
-    try:
-        await server.start()
-    except BaseException:
-        loop.remove_signal_handler(signal.SIGHUP)
-        raise
-    notifier.ready(f"listening on {settings.relay_host}:{server.port}", lambda: server.listening)
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    try:
+    stop = asyncio.Event()
+    async with AsyncExitStack() as lifecycle:
+        lifecycle.enter_context(_handling(loop, signal.SIGHUP, server.reload))  # no race
+        await lifecycle.enter_async_context(server)
+        notifier.ready(
+            f"listening on {settings.relay_host}:{server.port}", lambda: server.listening
+        )
+        lifecycle.push_async_callback(notifier.stopping)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            lifecycle.enter_context(_handling(loop, signum, stop.set))
         if ready is not None:
             ready.set()
         await stop.wait()
         log.info("shutting_down")
+
+
+@contextlib.contextmanager
+def _handling(
+    loop: asyncio.AbstractEventLoop, signum: signal.Signals, callback: Callable[[], object]
+) -> Iterator[None]:
+    """``callback`` handles ``signum`` on ``loop`` inside the block; the previous handler after."""
+    previous = signal.getsignal(signum)
+    loop.add_signal_handler(signum, callback)
+    try:
+        yield
     finally:
-        await notifier.stopping()
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(signum)
-        await server.stop()
+        loop.remove_signal_handler(signum)
+        if previous is not None:
+            signal.signal(signum, previous)

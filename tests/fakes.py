@@ -1,10 +1,11 @@
-"""Test doubles for unit tests of one module: a fake clock and a scripted Sender."""
+"""Test doubles for unit tests of one module: a fake clock, a scripted Sender, one route."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.delivery.sender import Delivery
+from relay.delivery.route import DEFAULT_ROUTE, Route, SingleRouter
+from relay.delivery.sender import Delivery, Sender
 from relay.errors import RelayError
 
 
@@ -50,3 +51,8 @@ class ScriptedSender:
 
 
 ACCEPTED = Delivery(status=202, message_ids=("msg-1",))
+
+
+def one_route(sender: Sender) -> SingleRouter:
+    """A router that sends everything through ``sender`` (without in-transaction retries)."""
+    return SingleRouter(Route(DEFAULT_ROUTE, "", sender=sender, retrying=sender))

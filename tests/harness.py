@@ -6,6 +6,7 @@ Tests drive it with real SMTP clients (smtplib, swaks) exactly as an application
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -51,6 +52,14 @@ class RunningRelay:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def settings_for(standin: Any | None = None, **overrides: Any) -> Settings:

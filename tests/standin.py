@@ -352,7 +352,7 @@ class StandIn:
         self.probes: list[Recorded] = []
         self.connections = 0
         self._rules = RequestRules() if validate else None
-        self._bearer = f"Bearer {api_key}"
+        self._grants: dict[str, str] = {f"Bearer {api_key}": account_id}
         self._script: collections.deque[Scripted] = collections.deque()
         self._cond = threading.Condition()
         self._idempotency: dict[str, _Stored] = {}
@@ -420,6 +420,14 @@ class StandIn:
         self.stop()
 
     # -- test-facing API ---------------------------------------------------------------------
+
+    def grant(self, api_key: str, account_id: str) -> None:
+        """Accept ``api_key`` too, scoped to ``account_id`` (a sub-account's scoped key)."""
+        self._grants[f"Bearer {api_key}"] = account_id
+
+    def revoke(self, api_key: str) -> None:
+        """Refuse ``api_key`` from now on (401), as AhaSend does for a deleted key."""
+        self._grants.pop(f"Bearer {api_key}", None)
 
     def script(self, *responses: Scripted) -> None:
         """Queue answers for the next valid conversation requests (FIFO), then default 202s."""
@@ -564,7 +572,7 @@ class StandIn:
             response = self._probe(request, None) or _Response(200, b'{"message":"pong"}')
             self._record(request, response, probe=True)
         elif match := _ACCOUNT_PATH.fullmatch(request.path):
-            body = account_body(self.account_id)
+            body = account_body(match[1])
             response = self._probe(request, match[1]) or _Response(200, _json_bytes(body))
             self._record(request, response, probe=True)
         else:
@@ -578,9 +586,14 @@ class StandIn:
         given = request.headers.get("authorization")
         if given is None:
             return "missing Authorization header"
-        if given != self._bearer:
+        if given not in self._grants:
             return "invalid API key" if given.startswith("Bearer ") else "malformed bearer token"
         return None
+
+    def _scoped(self, request: _Request, account_id: str) -> bool:
+        """Whether the request's (valid) key is scoped to ``account_id``."""
+        granted = self._grants[request.headers["authorization"]]
+        return account_id.lower() == granted.lower()
 
     def _probe(self, request: _Request, account_id: str | None) -> _Response | None:
         """The error answer to a GET-only, authenticated probe endpoint, if any."""
@@ -588,7 +601,7 @@ class StandIn:
             return _error(405, f"method {request.method} not allowed", {"Allow": "GET"})
         if problem := self._auth_problem(request):
             return _error(401, problem)
-        if account_id is not None and account_id.lower() != self.account_id.lower():
+        if account_id is not None and not self._scoped(request, account_id):
             return _error(404, "account not found")
         return None
 
@@ -598,7 +611,7 @@ class StandIn:
             return _error(405, f"method {request.method} not allowed, use POST", {"Allow": "POST"})
         if problem := self._auth_problem(request):
             return _error(401, problem)
-        if account_id.lower() != self.account_id.lower():
+        if not self._scoped(request, account_id):
             return _error(404, f"account not found: {account_id}")
         if not self.validate:
             return None

@@ -10,20 +10,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.interop import Served, serving_process
+from tests.interop import Served
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    with serving_process() as served:
-        yield served
 
 
 def run(argv: list[str]) -> None:

@@ -26,7 +26,8 @@ def test_quick_bench_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     for key in ("small", "latency", "mix"):
         assert {(key, "upstream"), (key, "smtp"), (key, "relay")} <= keys
     assert ("big", "relay") in keys
+    assert ("small", "relay,") in keys  # the relay at its default pacing, side by side
     assert all(row["errors"] == 0 and row["sent"] > 0 for row in results["rows"])
     assert len(results["growth"]["batches"]) == 10
-    assert len(results["verdicts"]) == 7
+    assert len(results["verdicts"]) == 8
     assert "| relay |" in done.stdout

@@ -138,3 +138,12 @@ def test_version() -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.strip() == f"ahasend-relay {__version__}"
+
+
+def test_retry_deadline_at_or_above_smtp_timeout_exit_78() -> None:
+    result = run_cli("--dry-run", RELAY_RETRY_DEADLINE="60", RELAY_SMTP_TIMEOUT="60")
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        "ahasend-relay: configuration error: RELAY_RETRY_DEADLINE (60 s) must be below "
+        "RELAY_SMTP_TIMEOUT (60 s): the client would be cut off while the relay still retries"
+    ]

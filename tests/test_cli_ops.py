@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -268,7 +269,9 @@ def test_serve_with_the_metrics_port_taken_exits_71() -> None:
         result = run_cli("serve", "--dry-run", "--port", "0", RELAY_METRICS_PORT=str(port),
                          RELAY_LOG_FORMAT="json")  # fmt: skip
     assert result.returncode == 71
-    assert f"ahasend-relay: cannot serve metrics on 127.0.0.1:{port}: " in result.stderr
+    failed = json.loads(result.stderr.splitlines()[-1])  # in the log format, JSON here
+    assert (failed["event"], failed["exit_status"]) == ("startup_failed", 71)
+    assert failed["error"].startswith(f"cannot serve metrics on 127.0.0.1:{port}: ")
 
 
 def test_summary_masks_secret_settings() -> None:

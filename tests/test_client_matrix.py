@@ -19,15 +19,9 @@ import pytest
 from tests.clients.drivers import COMPOSERS, Client
 from tests.clients.postfix import PrivatePostfix
 from tests.clients.scenarios import KINDS, check, scenario
-from tests.interop import Served, serving_process
+from tests.interop import Served
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    with serving_process() as served:
-        yield served
 
 
 @pytest.fixture(scope="module")

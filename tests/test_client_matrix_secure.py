@@ -26,16 +26,11 @@ from tests.clients.postfix import SECURE_MAIN_CF, PostfixSecurity, PrivatePostfi
 from tests.clients.scenarios import KINDS, check, scenario
 from tests.interop import Served, serving_process
 from tests.paths import REPO
-from tests.security_support import Certs, Conversation, make_certs
+from tests.security_support import Certs, Conversation
 
 pytestmark = pytest.mark.e2e
 USER = "matrix-app"
 PASSWORD = "Matrix-Pa55-w0rd"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")
@@ -46,26 +41,26 @@ def ca(certs: Certs, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(certs: Certs) -> Iterator[Served]:
+def secured(certs: Certs) -> Iterator[Served]:
     """The relay; on teardown, its log must not contain the password."""
     env = {
         "RELAY_AUTH_USER": USER, "RELAY_AUTH_PASSWORD": PASSWORD,
         "RELAY_AUTH_FAILURE_DELAY": "0", "RELAY_TLS_CERT": str(certs.cert),
         "RELAY_TLS_KEY": str(certs.key), "RELAY_SMTPS_PORT": "0",
     }  # fmt: skip
-    with serving_process(**env) as served:
-        yield served
-        assert not [line for line in served.logs if PASSWORD in line], "password logged"
+    with serving_process(**env) as secured:
+        yield secured
+        assert not [line for line in secured.logs if PASSWORD in line], "password logged"
 
 
 @pytest.fixture(scope="module")
-def secure(served: Served, ca: Path) -> Secure:
-    return Secure(served.port, served.smtps_port(), ca, USER, PASSWORD)
+def secure(secured: Served, ca: Path) -> Secure:
+    return Secure(secured.port, secured.smtps_port(), ca, USER, PASSWORD)
 
 
 @pytest.fixture(scope="module")
-def postfix(served: Served, ca: Path) -> Iterator[PrivatePostfix]:
-    instance = PrivatePostfix(served.port, PostfixSecurity(ca, USER, PASSWORD))
+def postfix(secured: Served, ca: Path) -> Iterator[PrivatePostfix]:
+    instance = PrivatePostfix(secured.port, PostfixSecurity(ca, USER, PASSWORD))
     try:
         yield instance.start()
     finally:
@@ -74,44 +69,44 @@ def postfix(served: Served, ca: Path) -> Iterator[PrivatePostfix]:
 
 @pytest.mark.parametrize("client", SECURE, ids=lambda c: c.name)
 def test_client_with_auth_and_tls(
-    served: Served, secure: Secure, client: SecureClient, tmp_path: Path
+    secured: Served, secure: Secure, client: SecureClient, tmp_path: Path
 ) -> None:
     s = scenario("plain", f"{client.name} secure")
     client.send(s, secure, tmp_path)
-    check(s, served.payloads(s.subject))
+    check(s, secured.payloads(s.subject))
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_postfix_relayhost_with_sasl_and_tls(
-    served: Served, postfix: PrivatePostfix, kind: str
+    secured: Served, postfix: PrivatePostfix, kind: str
 ) -> None:
     s = scenario(kind, "postfix secure")
     postfix.sendmail(s.mime(), s.sender)
-    payloads = served.payloads(s.subject, timeout=20)
+    payloads = secured.payloads(s.subject, timeout=20)
     assert payloads, f"Postfix did not deliver to the relay; its log:\n{postfix.log()[-3000:]}"
     check(s, payloads)
     assert "Verified TLS connection established to localhost[127.0.0.1]" in postfix.log()
 
 
-def test_a_client_without_auth_is_refused(served: Served) -> None:
+def test_a_client_without_auth_is_refused(secured: Served) -> None:
     """The control: the same relay refuses a client that skips AUTH (so AUTH above was used)."""
-    with Conversation(served.port) as smtp:
+    with Conversation(secured.port) as smtp:
         assert smtp.reply().startswith("220")
         assert smtp.command("EHLO client.test").startswith("250")
         assert smtp.command("MAIL FROM:<app@example.com>") == "530 5.7.0 Authentication required"
 
 
-def test_a_client_distrusting_the_certificate_gives_up_cleanly(served: Served) -> None:
+def test_a_client_distrusting_the_certificate_gives_up_cleanly(secured: Served) -> None:
     """The clients above verify the certificate; a failed handshake is logged, not a bug.
 
     (The module's relay fixture fails on teardown if the relay logged an internal error.)
     """
     context = ssl.create_default_context()
     trustme.CA().configure_trust(context)  # some other CA
-    smtp = smtplib.SMTP("127.0.0.1", served.port, timeout=10)
+    smtp = smtplib.SMTP("127.0.0.1", secured.port, timeout=10)
     with smtp, pytest.raises(ssl.SSLCertVerificationError):
         smtp.starttls(context=context)
-    assert wait_for(lambda: any("starttls_failed" in line for line in served.logs))
+    assert wait_for(lambda: any("starttls_failed" in line for line in secured.logs))
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:

@@ -15,13 +15,12 @@ from __future__ import annotations
 import re
 import smtplib
 import subprocess
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.interop import Served, serving_process
+from tests.interop import Served
 from tests.paths import CORPUS
 
 pytestmark = pytest.mark.e2e
@@ -37,12 +36,6 @@ def corpus_files() -> list[Path]:
 def as_crlf(raw: bytes) -> bytes:
     """``raw`` with every line ending (LF, CRLF) written as CRLF."""
     return re.sub(rb"\r?\n", b"\r\n", raw)
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    with serving_process() as served:
-        yield served
 
 
 def send(smtp: smtplib.SMTP, raw: bytes) -> tuple[int, str]:

@@ -6,50 +6,54 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.dispatch import Dispatcher, SpoolPolicy
-from relay.delivery.spool import Spool
+from relay.delivery.dispatch import Dispatcher
+from relay.delivery.policy import Backoff, SpoolPolicy
+from relay.delivery.route import Submission
+from relay.delivery.spool import SqliteSpool
 from relay.errors import InternalError, UpstreamRejected, UpstreamServerError
-from tests.fakes import ACCEPTED, ScriptedSender
+from tests.fakes import ACCEPTED, ScriptedSender, one_route
+
+SUBMISSION = Submission("a@x.org", ("b@y.org",))
 
 
 async def test_without_a_spool_transient_errors_reach_the_client() -> None:
     sender = ScriptedSender([UpstreamServerError("503")])
     with pytest.raises(UpstreamServerError):
-        await Dispatcher(sender).send_all([b"1"], ["k"], "a@x.org", ["b@y.org"])
+        await Dispatcher(one_route(sender)).send_all([b"1"], ["k"], SUBMISSION)
 
 
 async def test_permanent_errors_are_never_spooled(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
+    spool = SqliteSpool(tmp_path)
     sender = ScriptedSender([UpstreamRejected("422")])
     with pytest.raises(UpstreamRejected):
-        await Dispatcher(sender, spool).send_all([b"1"], ["k"], "a@x.org", ["b@y.org"])
-    assert spool.entries() == []
-    spool.close()
+        await Dispatcher(one_route(sender), spool).send_all([b"1"], ["k"], SUBMISSION)
+    assert await spool.entries() == []
+    await spool.close()
 
 
 async def test_the_failed_request_and_the_rest_are_spooled(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
+    spool = SqliteSpool(tmp_path)
     sender = ScriptedSender([ACCEPTED, UpstreamServerError("503"), ACCEPTED])
-    dispatcher = Dispatcher(sender, spool, SpoolPolicy(first_retry=5, max_age=50))
-    deliveries = await dispatcher.send_all(
-        [b"1", b"2", b"3"], ["k0", "k1", "k2"], "a@x.org", ["b@y.org"]
+    dispatcher = Dispatcher(
+        one_route(sender), spool, SpoolPolicy(backoff=Backoff(base=5, cap=5), max_age=50)
     )
+    deliveries = await dispatcher.send_all([b"1", b"2", b"3"], ["k0", "k1", "k2"], SUBMISSION)
     assert sender.keys == ["k0", "k1"]  # no attempt for k2 once the API failed
     assert deliveries[0] is ACCEPTED
     assert [d.spooled for d in deliveries] == [False, True, True]
-    entries = spool.entries()
+    entries = await spool.entries()
     assert [(e.idempotency_key, e.mail_from, e.rcpt_tos) for e in entries] == [
         ("k1", "a@x.org", ("b@y.org",)),
         ("k2", "a@x.org", ("b@y.org",)),
     ]
     assert [d.spool_id for d in deliveries[1:]] == [e.id for e in entries]
     assert entries[0].last_error == "UpstreamServerError: 503"
-    spool.close()
+    await spool.close()
 
 
 async def test_a_spool_that_cannot_write_means_a_transient_reply(tmp_path: Path) -> None:
-    spool = Spool(tmp_path)
-    spool.close()  # every write now fails
+    spool = SqliteSpool(tmp_path)
+    await spool.close()  # every write now fails
     sender = ScriptedSender([UpstreamServerError("503")])
     with pytest.raises(InternalError):
-        await Dispatcher(sender, spool).send_all([b"1"], ["k"], "a@x.org", ["b@y.org"])
+        await Dispatcher(one_route(sender), spool).send_all([b"1"], ["k"], SUBMISSION)

@@ -7,25 +7,31 @@ slow answers, or the whole API down); the relay is driven as an application woul
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import smtplib
-import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
+import structlog
 
 from relay.delivery.api import AhaSendClient
-from relay.delivery.spool import Spool
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
-from tests.harness import RunningRelay, running_relay, settings_for
+from relay.delivery.policy import SpoolPolicy
+from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
+from relay.delivery.worker import SpoolWorker
+from relay.ops.log import configure
+from tests.fakes import one_route
+from tests.harness import RunningRelay, free_port, running_relay, settings_for
 from tests.standin import Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
+T = TypeVar("T")
 
 QUEUED_FOR_DELIVERY = "2.0.0 Queued for delivery"
 
@@ -140,9 +146,7 @@ def test_permanent_errors_are_not_retried_nor_spooled(standin: StandIn, tmp_path
         code, text = send(relay, message())
     assert (code, text) == (554, "5.6.0 Rejected by AhaSend: 422 invalid from")
     assert len(standin.requests) == 1
-    spool = Spool(tmp_path)
-    assert spool.entries() == []
-    spool.close()
+    assert entries_in(tmp_path) == []
 
 
 def test_with_spool_a_lasting_outage_is_queued_then_delivered(
@@ -160,18 +164,26 @@ def test_with_spool_a_lasting_outage_is_queued_then_delivered(
     assert len(keys) == 4
     assert len(set(keys)) == 1
     assert standin.accepted[0].json["subject"] == "Spooled"
-    spool = Spool(tmp_path)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert (entry.state, entry.attempts) == ("delivered", 3)
     assert entry.message_ids == tuple(standin.accepted[0].message_ids)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def entries_in(spool_dir: Path) -> list[SpoolEntry]:
+    """The spool's entries, read through a connection of its own."""
+    return asyncio.run(_read(spool_dir, lambda spool: spool.entries()))
+
+
+def stats_of(spool_dir: Path) -> SpoolStats:
+    return asyncio.run(_read(spool_dir, lambda spool: spool.stats()))
+
+
+async def _read(spool_dir: Path, query: Callable[[SqliteSpool], Awaitable[T]]) -> T:
+    spool = SqliteSpool(spool_dir)
+    try:
+        return await query(spool)
+    finally:
+        await spool.close()
 
 
 def test_outage_every_message_delivered_exactly_once(tmp_path: Path) -> None:
@@ -210,22 +222,23 @@ def test_a_crash_after_the_api_accepted_does_not_send_twice(
         b'{"from":{"email":"app@example.com"},"to":[{"email":"ann@example.net"}],'
         b'"subject":"Once","text_content":"x"}'
     )
-    spool = Spool(tmp_path)
-    entry_id = spool.add(body, "relay-crash-window", mail_from="app@example.com",
-                         rcpt_tos=["ann@example.net"], error="UpstreamTimeout",
-                         first_retry=0, max_age=60)  # fmt: skip
+    spool = SqliteSpool(tmp_path)
 
-    async def scenario() -> None:
+    async def scenario() -> SpoolEntry | None:
+        entry_id = await spool.add(body, "relay-crash-window", mail_from="app@example.com",
+                                   rcpt_tos=["ann@example.net"], error="UpstreamTimeout",
+                                   first_retry=0, max_age=60)  # fmt: skip
         client = AhaSendClient(base_url=standin.base_url, api_key=standin.api_key,
                                account_id=standin.account_id)  # fmt: skip
         await client.send(body, "relay-crash-window")  # accepted, then "the relay died"
-        worker = SpoolWorker(spool, client, WorkerPolicy())
+        worker = SpoolWorker(spool, one_route(client), SpoolPolicy())
         await worker.run_once()
         await client.aclose()
+        entry = await spool.get(entry_id)
+        await spool.close()
+        return entry
 
-    asyncio.run(scenario())
-    entry = spool.get(entry_id)
-    spool.close()
+    entry = asyncio.run(scenario())
     assert entry is not None
     assert entry.state == "delivered"
     assert len(standin.requests) == 2
@@ -245,14 +258,12 @@ def test_a_permanent_rejection_of_a_spooled_message_bounces(
     with running_relay(settings) as relay:
         code, _ = send(relay, message("Doomed"), sender=envelope_sender)
         assert code == 250
-        spool = Spool(tmp_path)
-        wait_until(lambda: spool.stats().dead == 1)
+        wait_until(lambda: stats_of(tmp_path).dead == 1)
         if bounced:
             wait_until(lambda: len(standin.requests) == 3)
         else:
             time.sleep(0.3)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert entry.last_error == "422 recipient domain blocked"
     assert entry.bounced is bounced
     if not bounced:
@@ -288,9 +299,7 @@ def test_shutdown_spools_a_transaction_that_is_still_retrying(
     assert replies == [(250, f"{QUEUED_FOR_DELIVERY}: spool id 1".encode())]
     assert client.noop()[0] == 421  # then the session was closed
     client.close()
-    spool = Spool(tmp_path)
-    [entry] = spool.entries()
-    spool.close()
+    [entry] = entries_in(tmp_path)
     assert entry.state == "queued"
 
 
@@ -302,7 +311,7 @@ def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
     with running_relay(settings) as relay:
         assert relay.server is not None
         assert relay.server.spool is not None
-        relay.server.spool.close()  # e.g. the disk is gone
+        relay.call(relay.server.spool.close())  # e.g. the disk is gone
         code, text = send(relay, message())
     assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
 
@@ -323,3 +332,80 @@ def test_pacing_spools_what_it_cannot_send_within_the_deadline(
         wait_until(lambda: len(standin.accepted) == 2)
     assert [r.json["subject"] for r in standin.requests] == ["First", "Second"]
     assert [r.response_status for r in standin.requests] == [202, 202]
+
+
+OUTAGES = {
+    "refused": None,
+    "503": Scripted(503),
+    "hang": Scripted(0, hang=True),
+}
+
+
+@pytest.mark.parametrize("outage", list(OUTAGES))
+def test_outage_with_spool_replies_at_once_after_the_breaker_opens(
+    outage: str, tmp_path: Path
+) -> None:
+    """Default retry settings (60 s deadline): p95 of DATA → reply ≤ 1 s after 3 messages."""
+    port = free_port()
+    api = PortStandIn(port)
+    settings = settings_for(
+        None, relay_dry_run=False, ahasend_api_key=api.api_key,
+        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+        ahasend_api_timeout=1.0 if outage == "hang" else 5.0, relay_retry_deadline=60.0,
+        relay_spool_dir=tmp_path, relay_spool_retry_min=0.5, relay_spool_retry_max=1.0,
+    )  # fmt: skip
+    fault = OUTAGES[outage]
+    if fault is not None:
+        api.start()
+        api.script(*[fault] * 10_000)
+    sent = {f"Breaker {i}": f"rcpt{i}@example.net" for i in range(23)}
+    took: list[float] = []
+    with running_relay(settings) as relay:
+        for subject, rcpt in sent.items():
+            started = time.monotonic()
+            code, text = send(relay, message(subject, to=rcpt), rcpts=(rcpt,))
+            took.append(time.monotonic() - started)
+            assert code == 250
+            assert text.startswith(QUEUED_FOR_DELIVERY)
+        if fault is None:
+            api.start()
+        else:
+            api.clear()
+        wait_until(lambda: len(api.accepted) >= len(sent), timeout=30)
+        time.sleep(1.0)  # anything sent twice would show up now
+        accepted = list(api.accepted)
+    api.stop()
+    after = sorted(took[3:])
+    p95 = after[max(0, round(0.95 * len(after)) - 1)]
+    assert p95 <= 1.0, took
+    assert Counter(r.json["subject"] for r in accepted) == Counter(sent.keys())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"data": [{"status": "error", "recipient": "oops"}]},
+        {"data": "not a list"},
+        b"<html>Secret-Looking Body</html>",
+    ],
+    ids=["recipient-not-object", "data-not-list", "not-json"],
+)
+def test_a_malformed_2xx_counts_as_accepted(body: Any, standin: StandIn) -> None:
+    out = io.StringIO()
+    configure(fmt="json", stream=out)
+    standin.script(Scripted(202, body))
+    try:
+        with running_relay(settings_for(standin)) as relay:
+            code, _ = send(relay, message("Confidential payroll"))
+    finally:
+        structlog.reset_defaults()
+    assert code == 250
+    assert len(standin.requests) == 1
+    logs = out.getvalue()
+    [warning] = [json.loads(x) for x in logs.splitlines() if "malformed_accepted" in x]
+    assert warning["status"] == 202
+    assert warning["level"] == "warning"
+    assert "Traceback" not in logs
+    assert "internal_error" not in logs
+    assert "Confidential" not in warning["problem"]
+    assert "Secret-Looking" not in logs

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import smtplib
@@ -24,18 +26,12 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SqliteSpool
+from tests.harness import free_port
 from tests.paths import REPO
 from tests.standin import Recorded, Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextmanager
@@ -200,11 +196,14 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(standin: StandIn, tmp_path:
 
 
 def queued_in(spool_dir: Path) -> int:
-    spool = Spool(spool_dir)
+    return asyncio.run(_queued_in(SqliteSpool(spool_dir)))
+
+
+async def _queued_in(spool: SqliteSpool) -> int:
     try:
-        return spool.stats().queued
+        return (await spool.stats()).queued
     finally:
-        spool.close()
+        await spool.close()
 
 
 def queue_command(spool_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -229,3 +228,62 @@ def wait_for_subjects(
     while not subjects <= {r.json["subject"] for r in before + standin.accepted if r.accepted}:
         assert time.monotonic() < ends, "acknowledged messages never reached the API"
         time.sleep(0.05)
+
+
+BLOCKER = '''\
+"""Test-only sitecustomize: the optional fast modules cannot be imported, as on a
+platform without their wheels. Every refused import is appended to $BLOCKED_LOG."""
+import os
+import sys
+
+NAMES = {"orjson", "uvloop", "aiohttp", "httpx_aiohttp"}
+
+
+class Blocker:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in NAMES:
+            with open(os.environ["BLOCKED_LOG"], "a") as log:
+                log.write(name + "\\n")
+            raise ImportError(f"{name} blocked by the test (no wheel on this platform)")
+        return None
+
+
+sys.meta_path.insert(0, Blocker())
+'''
+
+
+@pytest.mark.parametrize(
+    "choices",
+    [
+        pytest.param({}, id="auto-falls-back"),
+        pytest.param(
+            {"RELAY_EVENT_LOOP": "asyncio", "AHASEND_API_TRANSPORT": "httpx"}, id="explicit"
+        ),
+    ],
+)
+def test_pure_python_fallback_delivers_without_the_fast_modules(
+    standin: StandIn, tmp_path: Path, choices: dict[str, str]
+) -> None:
+    """Without uvloop, orjson, aiohttp and httpx-aiohttp (blocked by an import hook in a
+    sitecustomize on PYTHONPATH) the relay runs on the standard loop, httpx's own
+    transport and the stdlib json, and delivers the same request body."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(BLOCKER)
+    blocked = tmp_path / "blocked.log"
+    port = free_port()
+    env = {"PYTHONPATH": f"{hook}{os.pathsep}{REPO}", "BLOCKED_LOG": str(blocked), **choices}
+    with relay_process(standin, port, tmp_path / "relay.log", **env):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("app@example.com", ["ann@example.net"], message("Fallback é"))
+        wait_until(lambda: len(standin.accepted) == 1)
+    refused = set(blocked.read_text().split())
+    assert "orjson" in refused, "the relay's serialiser asked for orjson and was refused"
+    if not choices:  # auto: each fast module was tried, refused, and the fallback used
+        assert {"uvloop", "orjson"} <= refused
+        assert refused & {"aiohttp", "httpx_aiohttp"}
+    (request,) = standin.accepted
+    assert request.json["subject"] == "Fallback é"
+    assert request.body == json.dumps(
+        request.json, ensure_ascii=False, separators=(",", ":")
+    ).encode("utf-8"), "the stdlib serialiser writes the same compact UTF-8 JSON"

@@ -15,21 +15,16 @@ import pytest
 
 from tests.interop import Served, serving
 from tests.rawsmtp import RawSMTP
-from tests.security_support import PASSWORD, Certs, Conversation, make_certs, plain_token
+from tests.security_support import PASSWORD, Certs, Conversation, plain_token
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
+def plain() -> Iterator[Served]:
     """A relay without AUTH, for loopback clients."""
-    with serving() as served:
-        yield served
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
+    with serving() as plain:
+        yield plain
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +33,8 @@ def secured(certs: Certs) -> Iterator[Served]:
     with serving(
         relay_tls_cert=certs.cert, relay_tls_key=certs.key, relay_auth_user="app",
         relay_auth_password=PASSWORD, relay_auth_failure_delay=0.0,
-    ) as served:  # fmt: skip
-        yield served
+    ) as plain:  # fmt: skip
+        yield plain
 
 
 def message(subject: str, to: str = "alice@example.net") -> bytes:
@@ -47,9 +42,9 @@ def message(subject: str, to: str = "alice@example.net") -> bytes:
     return head.encode() + b"Hello.\r\n.\r\n"
 
 
-def recipients(served: Served, subject: str) -> list[str]:
+def recipients(plain: Served, subject: str) -> list[str]:
     """Every recipient of every request the stand-in got for ``subject``."""
-    payloads = served.payloads(subject)
+    payloads = plain.payloads(subject)
     return sorted(a["email"] for p in payloads for k in ("to", "cc", "bcc") for a in p.get(k, []))
 
 
@@ -88,28 +83,51 @@ def test_mail_auth_parameter_never_authenticates(secured: Served, certs: Certs) 
         assert reply == "530 5.7.0 Authentication required"
 
 
-def test_mail_auth_parameter_is_accepted_without_auth_configured(served: Served) -> None:
-    with RawSMTP(served.port) as smtp:
+def test_mail_auth_parameter_is_accepted_without_auth_configured(plain: Served) -> None:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         assert smtp.cmd("MAIL FROM:<app@example.com> AUTH=<>") == "250 2.1.0 Sender OK"
         assert smtp.cmd("RCPT TO:<alice@example.net>").startswith("250 2.1.5")
         assert smtp.cmd("DATA").startswith("354")
         smtp.send(message("auth param, no auth"))
         assert smtp.reply().startswith("250 2.0.0")
-    assert recipients(served, "auth param, no auth") == ["alice@example.net"]
+    assert recipients(plain, "auth param, no auth") == ["alice@example.net"]
 
 
-def test_auth_parameter_on_rcpt_is_still_unknown(served: Served) -> None:
+@pytest.mark.parametrize(
+    ("command", "reply"),
+    [
+        ("MAIL FROM:<app@example.com> auth=<>", "250 2.1.0 Sender OK"),
+        ("MAIL FROM: <app@example.com> AUTH=<> BODY=8BITMIME", "250 2.1.0 Sender OK"),
+        ("MAIL FROM:app@example.com AUTH=<>", "250 2.1.0 Sender OK"),
+        (
+            "MAIL FROM:<app@example.com> AUTH=",
+            "501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]",
+        ),
+        (
+            "MAIL FROM:<app@example.com> AUTH=<> SIZE=x",
+            "501 5.5.4 Syntax: MAIL FROM: <address> [SP <mail-parameters>]",
+        ),
+    ],
+)
+def test_mail_auth_parameter_forms(plain: Served, command: str, reply: str) -> None:
+    """Any letter case and position; an empty ``AUTH=`` is a syntax error, as before."""
+    with RawSMTP(plain.port) as smtp:
+        assert smtp.cmd("HELO client.test").startswith("250")
+        assert smtp.cmd(command) == reply
+
+
+def test_auth_parameter_on_rcpt_is_still_unknown(plain: Served) -> None:
     """RFC 4954 defines AUTH= for MAIL only."""
-    with RawSMTP(served.port) as smtp:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         assert smtp.cmd("MAIL FROM:<app@example.com>").startswith("250")
         reply = smtp.cmd("RCPT TO:<alice@example.net> AUTH=<>")
         assert reply == "555 5.5.4 RCPT TO parameters not recognized or not implemented"
 
 
-def test_other_unknown_mail_parameters_are_still_refused(served: Served) -> None:
-    with RawSMTP(served.port) as smtp:
+def test_other_unknown_mail_parameters_are_still_refused(plain: Served) -> None:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         reply = smtp.cmd("MAIL FROM:<app@example.com> AUTH=<> XFOO=1")
         assert reply == "555 5.5.4 MAIL FROM parameters not recognized or not implemented"
@@ -119,16 +137,16 @@ def test_other_unknown_mail_parameters_are_still_refused(served: Served) -> None
 
 
 @pytest.mark.parametrize("rcpt", ["postmaster", "Postmaster", "abuse"])
-def test_recipient_without_domain_is_refused_at_rcpt(served: Served, rcpt: str) -> None:
-    with RawSMTP(served.port) as smtp:
+def test_recipient_without_domain_is_refused_at_rcpt(plain: Served, rcpt: str) -> None:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         assert smtp.cmd("MAIL FROM:<app@example.com>").startswith("250")
         reply = smtp.cmd(f"RCPT TO:<{rcpt}>")
         assert reply == "550 5.1.3 Recipient address must be user@domain"
 
 
-def test_other_recipients_of_the_transaction_still_deliver(served: Served) -> None:
-    with RawSMTP(served.port) as smtp:
+def test_other_recipients_of_the_transaction_still_deliver(plain: Served) -> None:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         assert smtp.cmd("MAIL FROM:<app@example.com>").startswith("250")
         assert smtp.cmd("RCPT TO:<alice@example.net>").startswith("250 2.1.5")
@@ -137,11 +155,11 @@ def test_other_recipients_of_the_transaction_still_deliver(served: Served) -> No
         assert smtp.cmd("DATA").startswith("354")
         smtp.send(message("postmaster mixed", to="alice@example.net, postmaster"))
         assert smtp.reply().startswith("250 2.0.0")
-    assert recipients(served, "postmaster mixed") == ["alice@example.net", "bob@example.org"]
+    assert recipients(plain, "postmaster mixed") == ["alice@example.net", "bob@example.org"]
 
 
-def test_only_domainless_recipients_leave_no_transaction(served: Served) -> None:
-    with RawSMTP(served.port) as smtp:
+def test_only_domainless_recipients_leave_no_transaction(plain: Served) -> None:
+    with RawSMTP(plain.port) as smtp:
         assert smtp.cmd("EHLO client.test").startswith("250")
         assert smtp.cmd("MAIL FROM:<app@example.com>").startswith("250")
         assert smtp.cmd("RCPT TO:<postmaster>").startswith("550 5.1.3")

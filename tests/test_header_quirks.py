@@ -11,20 +11,13 @@ the default line-length bound.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.interop import Served, serving_process
+from tests.interop import Served
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def served() -> Iterator[Served]:
-    with serving_process() as served:
-        yield served
 
 
 def send(

@@ -54,3 +54,23 @@ async def test_a_client_that_closes_early_is_dropped_quietly() -> None:
         assert await fetch(admin.port, b"GET /metr", half_close=True) == b""
     finally:
         await admin.stop()
+
+
+async def test_metrics_and_readyz_are_refreshed_first_healthz_is_not() -> None:
+    reads: list[int] = []
+
+    async def refresh() -> None:
+        reads.append(len(reads))
+
+    admin = AdminServer(
+        "127.0.0.1", 0, render=lambda: f"reads {len(reads)}\n",
+        ready=lambda: (True, f"ready after {len(reads)} reads"), refresh=refresh,
+    )  # fmt: skip
+    await admin.start()
+    try:
+        assert (await fetch(admin.port, b"GET /metrics HTTP/1.0\r\n\r\n")).endswith(b"reads 1\n")
+        assert (await fetch(admin.port, b"GET /healthz HTTP/1.0\r\n\r\n")).endswith(b"ok\n")
+        ready = await fetch(admin.port, b"GET /readyz HTTP/1.0\r\n\r\n")
+        assert ready.endswith(b"ready after 2 reads\n")
+    finally:
+        await admin.stop()

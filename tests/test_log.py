@@ -47,3 +47,22 @@ def test_level_filters() -> None:
     get_logger("t").info("quiet")
     get_logger("t").warning("loud")
     assert [json.loads(line)["event"] for line in out.getvalue().splitlines()] == ["loud"]
+
+
+def test_tracebacks_carry_no_local_variables() -> None:
+    out = io.StringIO()
+    configure(fmt="json", stream=out)
+
+    def fails(body: bytes) -> None:
+        start_of_body = body[:40].decode()
+        raise ValueError(f"cannot read {len(start_of_body)} chars")
+
+    try:
+        fails(b"Subject: Private\r\n\r\nConfidential salary figures")
+    except ValueError:
+        get_logger("t").exception("internal_error")
+    text = out.getvalue()
+    assert "ValueError" in text
+    assert "Confidential" not in text
+    assert "Private" not in text
+    assert '"locals"' not in text

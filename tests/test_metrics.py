@@ -1,25 +1,50 @@
-"""Unit tests of relay.ops.metrics (exposition, transport metering) and the readiness rule."""
+"""Unit tests of relay.ops.metrics (exposition parsed with prometheus-client's own parser,
+transport metering, the spool snapshot) and the readiness rule."""
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from relay.delivery.spool import SpoolStats
+from relay.errors import SpoolUnavailable
 from relay.ops.health import readiness
-from relay.ops.metrics import Counter, Gauge, Histogram, MeteredTransport, RelayMetrics, result_of
-from relay.smtp.replies import LOCAL_ERROR, QUEUED, TOO_LARGE
+from relay.ops.metrics import MeteredTransport, RelayMetrics, refusal_reason, result_of
+from relay.smtp.replies import (
+    AUTH_REQUIRED,
+    BAD_RECIPIENT_ADDRESS,
+    CLIENT_NOT_ALLOWED,
+    LOCAL_ERROR,
+    PEER_RATE_EXCEEDED,
+    QUEUED,
+    SENDER_NOT_ALLOWED,
+    TOO_LARGE,
+    TOO_MANY_CONNECTIONS,
+)
+
+Key = tuple[str, frozenset[tuple[str, str]]]
 
 
-def samples(text: str) -> dict[str, float]:
-    """``{'name{labels}': value}`` for every sample line of an exposition."""
-    found = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            found[name] = float(value)
-    return found
+def parse(text: str) -> dict[Key, float]:
+    """Every sample of an exposition, parsed by prometheus-client: {(name, labels): value}."""
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(text: str, name: str, **labels: str) -> float | None:
+    """The sample ``name{labels}`` of an exposition, or None when it is absent."""
+    return parse(text).get((name, frozenset(labels.items())))
+
+
+def names(text: str) -> set[str]:
+    return {name for name, _ in parse(text)}
 
 
 def test_result_follows_the_reply_class() -> None:
@@ -28,52 +53,101 @@ def test_result_follows_the_reply_class() -> None:
     ]  # fmt: skip
 
 
-def test_counter_renders_each_label_combination_escaped() -> None:
-    counter = Counter("x_total", "Help.", ("a",))
-    counter.inc('q"\\\n')
-    counter.inc("b", amount=2)
-    assert list(counter.render()) == [
-        "# HELP x_total Help.",
-        "# TYPE x_total counter",
-        'x_total{a="b"} 2',
-        'x_total{a="q\\"\\\\\\n"} 1',
-    ]
+def test_refusal_reasons() -> None:
+    replies = (CLIENT_NOT_ALLOWED, AUTH_REQUIRED, SENDER_NOT_ALLOWED, BAD_RECIPIENT_ADDRESS,
+               TOO_MANY_CONNECTIONS, PEER_RATE_EXCEEDED, LOCAL_ERROR)  # fmt: skip
+    assert [refusal_reason(r) for r in replies] == [
+        "network", "auth", "sender", "recipient", "connections", "rate", "other",
+    ]  # fmt: skip
 
 
-def test_unlabelled_counter_starts_at_zero() -> None:
-    assert list(Counter("y_total", "Help.").render())[-1] == "y_total 0"
-
-
-def test_histogram_buckets_are_cumulative() -> None:
-    histogram = Histogram("h", "Help.", (0.1, 1.0))
-    for value in (0.05, 0.1, 0.5, 3.0):
-        histogram.observe(value)
-    assert samples("\n".join(histogram.render())) == {
-        'h_bucket{le="0.1"}': 2, 'h_bucket{le="1"}': 3, 'h_bucket{le="+Inf"}': 4,
-        "h_sum": 3.65, "h_count": 4,
-    }  # fmt: skip
-
-
-def test_gauge_without_a_value_renders_nothing() -> None:
-    assert list(Gauge("g", "Help.").render()) == []
-    assert list(Gauge("g", "Help.", lambda: None).render()) == []
-    assert list(Gauge("g", "Help.", lambda: 2.5).render())[-1] == "g 2.5"
-
-
-def test_relay_metrics_render_messages_and_spool() -> None:
+def test_messages_by_result_route_duration_and_size() -> None:
     metrics = RelayMetrics()
-    metrics.message_done(QUEUED)
-    metrics.message_done(QUEUED)
-    metrics.message_done(LOCAL_ERROR)
+    metrics.message_done(QUEUED, seconds=0.2, size=3000, spooled=False, sent=True)
+    metrics.message_done(QUEUED, seconds=0.02, size=2_000_000, spooled=True, sent=False)
+    metrics.message_done(QUEUED, seconds=0.01, size=10, spooled=False, sent=False)
+    metrics.message_done(LOCAL_ERROR, seconds=60.0, size=10, spooled=False, sent=False)
+    text = metrics.render()
+    assert value(text, "ahasend_relay_messages_total", result="accepted", code="250") == 3
+    assert value(text, "ahasend_relay_messages_total", result="deferred", code="451") == 1
+    for route, count in (("sent", 1), ("spooled", 1), ("dry_run", 1)):
+        assert value(text, "ahasend_relay_messages_accepted_total", route=route) == count
+    assert value(text, "ahasend_relay_transaction_duration_seconds_count") == 4
+    assert value(text, "ahasend_relay_transaction_duration_seconds_bucket", le="0.25") == 3
+    assert value(text, "ahasend_relay_message_size_bytes_bucket", le="4096.0") == 3
+    assert value(text, "ahasend_relay_message_size_bytes_sum") == 2_003_020
+
+
+def test_labelled_counters_start_at_zero_and_build_info_is_one() -> None:
+    text = RelayMetrics().render()
+    assert value(text, "ahasend_relay_refusals_total", reason="rate") == 0
+    assert value(text, "ahasend_relay_spool_messages_total", event="dead") == 0
+    assert value(text, "ahasend_relay_messages_accepted_total", route="spooled") == 0
+    assert value(text, "ahasend_relay_circuit_open") == 0
+    [build] = [k for k in parse(text) if k[0] == "ahasend_relay_build_info"]
+    assert parse(text)[build] == 1
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
+            "process_open_fds"} <= names(text)  # fmt: skip
+    assert not any(name.endswith("_created") for name in names(text))
+
+
+def test_hooks_count_refusals_retries_spool_flow_and_auth() -> None:
+    metrics = RelayMetrics()
+    metrics.refused(PEER_RATE_EXCEEDED)
+    metrics.refused(SENDER_NOT_ALLOWED)
+    metrics.refused(SENDER_NOT_ALLOWED)
+    metrics.retried("UpstreamThrottled")
+    for event in ("spooled", "spooled", "delivered", "dead"):
+        metrics.spool_event(event)
     metrics.auth_failures.inc()
-    metrics.register_spool(depth=lambda: 3, oldest_age=lambda: 12.5, healthy=lambda: True)
-    found = samples(metrics.render())
-    assert found['ahasend_relay_messages_total{result="accepted",code="250"}'] == 2
-    assert found['ahasend_relay_messages_total{result="deferred",code="451"}'] == 1
-    assert found["ahasend_relay_auth_failures_total"] == 1
-    assert found["ahasend_relay_spool_depth"] == 3
-    assert found["ahasend_relay_spool_oldest_age_seconds"] == 12.5
-    assert "ahasend_relay_sessions_open" not in found  # no server registered it
+    text = metrics.render()
+    assert value(text, "ahasend_relay_refusals_total", reason="rate") == 1
+    assert value(text, "ahasend_relay_refusals_total", reason="sender") == 2
+    assert value(text, "ahasend_relay_retries_total", error="UpstreamThrottled") == 1
+    assert value(text, "ahasend_relay_spool_messages_total", event="spooled") == 2
+    assert value(text, "ahasend_relay_spool_messages_total", event="delivered") == 1
+    assert value(text, "ahasend_relay_auth_failures_total") == 1
+
+
+async def test_spool_gauges_read_one_snapshot_per_scrape() -> None:
+    text = RelayMetrics().render()
+    assert "ahasend_relay_spool_depth" not in names(text)  # no spool, no spool gauges
+    assert "ahasend_relay_sessions_open" not in names(text)  # no server registered it
+    queries = []
+
+    async def stats() -> SpoolStats:
+        queries.append(1)
+        return SpoolStats(queued=3, dead=2, delivered=9, oldest_age=12.5, max_attempts=4)
+
+    metrics = RelayMetrics(sessions_open=lambda: 7, spool_stats=stats)
+    await metrics.refresh()
+    text = metrics.render()
+    assert len(queries) == 1
+    assert value(text, "ahasend_relay_spool_depth") == 3
+    assert value(text, "ahasend_relay_spool_oldest_age_seconds") == 12.5
+    assert value(text, "ahasend_relay_spool_dead") == 2
+    assert value(text, "ahasend_relay_sessions_open") == 7
+    await metrics.refresh()
+    metrics.render()
+    assert len(queries) == 2
+
+
+async def test_an_unreadable_spool_gives_nan_gauges() -> None:
+    async def broken() -> SpoolStats:
+        raise OSError("disk gone")
+
+    metrics = RelayMetrics(spool_stats=broken)
+    await metrics.refresh()
+    assert metrics.spool_healthy is False
+    depth = value(metrics.render(), "ahasend_relay_spool_depth")
+    assert depth is not None
+    assert math.isnan(depth)
+
+
+def test_registries_are_per_server() -> None:
+    one, two = RelayMetrics(), RelayMetrics()
+    one.auth_failures.inc()
+    assert value(two.render(), "ahasend_relay_auth_failures_total") == 0
 
 
 def _transport(metrics: RelayMetrics, handler: object) -> MeteredTransport:
@@ -86,8 +160,10 @@ async def test_metered_transport_records_status_and_latency() -> None:
     transport = _transport(metrics, lambda request: httpx.Response(429))
     async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
         await client.get("/v2/ping")
-    assert metrics.upstream_responses.value("429") == 1
-    assert (metrics.upstream_latency.count, metrics.upstream_latency.sum) == (1, 0.25)
+    text = metrics.render()
+    assert value(text, "ahasend_relay_upstream_responses_total", status="429") == 1
+    assert value(text, "ahasend_relay_upstream_request_duration_seconds_count") == 1
+    assert value(text, "ahasend_relay_upstream_request_duration_seconds_sum") == 0.25
     assert metrics.upstream_reachable is True
 
 
@@ -104,12 +180,13 @@ async def test_metered_transport_records_failures(error: Exception, label: str) 
     async with httpx.AsyncClient(transport=_transport(metrics, fail)) as client:
         with pytest.raises(type(error)):
             await client.get("http://127.0.0.1/v2/ping")
-    assert metrics.upstream_responses.value(label) == 1
-    assert metrics.upstream_latency.count == 0
+    text = metrics.render()
+    assert value(text, "ahasend_relay_upstream_responses_total", status=label) == 1
+    assert value(text, "ahasend_relay_upstream_request_duration_seconds_count") == 0
     assert metrics.upstream_reachable is False
 
 
-def test_readiness_rule() -> None:
+async def test_readiness_rule() -> None:
     metrics = RelayMetrics()
     assert readiness(False, False, metrics)[0] is False
     assert readiness(True, False, metrics)[0] is True  # AhaSend not contacted yet
@@ -119,9 +196,26 @@ def test_readiness_rule() -> None:
     )  # fmt: skip
     assert readiness(True, True, metrics)[0] is True  # dry run needs no upstream
     healthy = [False]
-    metrics.register_spool(depth=lambda: 1, oldest_age=lambda: 1, healthy=lambda: healthy[0])
+
+    async def stats() -> SpoolStats:
+        if not healthy[0]:
+            raise SpoolUnavailable("disk gone")
+        return SpoolStats(queued=1, dead=0, delivered=0, oldest_age=1, max_attempts=0)
+
+    metrics = RelayMetrics(spool_stats=stats)
+    metrics.upstream_reachable = False
+    await metrics.refresh()
     assert readiness(True, False, metrics)[0] is False
     healthy[0] = True
+    await metrics.refresh()
     assert readiness(True, False, metrics) == (
         True, "ready: listening, AhaSend unreachable, spool healthy",
     )  # fmt: skip
+
+
+def test_sessions_open_is_read_at_scrape_time() -> None:
+    sessions = {"a", "b"}
+    metrics = RelayMetrics(sessions_open=lambda: len(sessions))
+    assert value(metrics.render(), "ahasend_relay_sessions_open") == 2
+    sessions.clear()
+    assert value(metrics.render(), "ahasend_relay_sessions_open") == 0

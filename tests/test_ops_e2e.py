@@ -15,7 +15,7 @@ import pytest
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.ops_support import relay_process, standin_env
 from tests.standin import Scripted, StandIn
-from tests.test_metrics import samples
+from tests.test_metrics import value
 
 pytestmark = pytest.mark.e2e
 
@@ -70,32 +70,35 @@ def test_metrics_count_messages_upstream_statuses_and_latency(
     relay: RunningRelay, standin: StandIn
 ) -> None:
     port = admin_port(relay)
-    before = samples(get(port, "/metrics")[1])
-    assert before["ahasend_relay_upstream_request_duration_seconds_count"] == 0
+    before = get(port, "/metrics")[1]
+    assert value(before, "ahasend_relay_upstream_request_duration_seconds_count") == 0
     standin.script(Scripted(202), Scripted(202), Scripted(500))
     codes = [code for code, _ in send(relay.port, message("a"), message("b"), message("c"))]
     assert codes == [250, 250, 451]
     status, body, headers = get(port, "/metrics")
     assert status == 200
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
-    after = samples(body)
-    assert after['ahasend_relay_messages_total{result="accepted",code="250"}'] == 2
-    assert after['ahasend_relay_messages_total{result="deferred",code="451"}'] == 1
-    assert after['ahasend_relay_upstream_responses_total{status="202"}'] == 2
-    assert after['ahasend_relay_upstream_responses_total{status="500"}'] == 1
-    assert after["ahasend_relay_upstream_request_duration_seconds_count"] == 3
-    assert after['ahasend_relay_upstream_request_duration_seconds_bucket{le="+Inf"}'] == 3
-    assert "ahasend_relay_sessions_open" in after
-    assert after["ahasend_relay_auth_failures_total"] == 0
+    after = body
+    assert value(after, "ahasend_relay_messages_total", result="accepted", code="250") == 2
+    assert value(after, "ahasend_relay_messages_total", result="deferred", code="451") == 1
+    assert value(after, "ahasend_relay_upstream_responses_total", status="202") == 2
+    assert value(after, "ahasend_relay_upstream_responses_total", status="500") == 1
+    assert value(after, "ahasend_relay_upstream_request_duration_seconds_count") == 3
+    assert value(after, "ahasend_relay_upstream_request_duration_seconds_bucket", le="+Inf") == 3
+    assert value(after, "ahasend_relay_sessions_open") is not None
+    assert value(after, "ahasend_relay_auth_failures_total") == 0
+    assert value(after, "ahasend_relay_messages_accepted_total", route="sent") == 2
+    assert value(after, "ahasend_relay_transaction_duration_seconds_count") == 3
 
 
 def sessions_open(relay: RunningRelay, expected: float) -> float:
     """The sessions_open gauge once it equals ``expected`` (closing is asynchronous)."""
     deadline = time.monotonic() + 5
     while True:
-        value = samples(get(admin_port(relay), "/metrics")[1])["ahasend_relay_sessions_open"]
-        if value == expected or time.monotonic() > deadline:
-            return value
+        found = value(get(admin_port(relay), "/metrics")[1], "ahasend_relay_sessions_open")
+        assert found is not None
+        if found == expected or time.monotonic() > deadline:
+            return found
         time.sleep(0.01)
 
 
@@ -110,9 +113,9 @@ def test_sessions_open_counts_live_connections(relay: RunningRelay) -> None:
 def test_rejected_message_is_counted_with_its_code(relay: RunningRelay, standin: StandIn) -> None:
     standin.script(Scripted(422))
     assert send(relay.port, message())[0][0] == 554
-    found = samples(get(admin_port(relay), "/metrics")[1])
-    assert found['ahasend_relay_messages_total{result="rejected",code="554"}'] == 1
-    assert found['ahasend_relay_upstream_responses_total{status="422"}'] == 1
+    found = get(admin_port(relay), "/metrics")[1]
+    assert value(found, "ahasend_relay_messages_total", result="rejected", code="554") == 1
+    assert value(found, "ahasend_relay_upstream_responses_total", status="422") == 1
 
 
 def test_health_endpoints(relay: RunningRelay) -> None:
@@ -142,12 +145,8 @@ def test_readyz_follows_upstream_reachability(relay: RunningRelay, standin: Stan
     assert get(port, "/readyz")[:2] == (
         503, "not ready: AhaSend unreachable at the last request\n",
     )  # fmt: skip
-    assert (
-        samples(get(port, "/metrics")[1])[
-            'ahasend_relay_upstream_responses_total{status="unreachable"}'
-        ]
-        == 1
-    )
+    body = get(port, "/metrics")[1]
+    assert value(body, "ahasend_relay_upstream_responses_total", status="unreachable") == 1
     assert send(relay.port, message())[0][0] == 250
     assert get(port, "/readyz")[:2] == (200, "ready: listening, AhaSend reachable\n")
 
@@ -161,8 +160,7 @@ def test_readyz_is_503_once_the_listener_stops(standin: StandIn) -> None:
 
 async def _close_listener(relay: RunningRelay) -> None:
     assert relay.server is not None
-    assert relay.server._server is not None
-    relay.server._server.close()
+    relay.server.close_listeners()
 
 
 def test_metrics_are_off_by_default_and_loopback_when_on(standin: StandIn) -> None:

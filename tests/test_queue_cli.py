@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from relay.cli.main import EX_CONFIG, main
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SqliteSpool
 
 
 @pytest.fixture(autouse=True)
@@ -17,17 +19,20 @@ def no_spool_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
-    spool = Spool(tmp_path)
+    asyncio.run(_fill(SqliteSpool(tmp_path)))
+    return tmp_path
+
+
+async def _fill(spool: SqliteSpool) -> None:
     for key, rcpt in (("k1", "a@example.org"), ("k2", "b@example.org")):
-        spool.add(
+        await spool.add(
             b'{"from":{"email":"app@example.com"},"to":[{"email":"a@example.org"}],'
             b'"subject":"Monthly report"}',
             key, mail_from="app@example.com", rcpt_tos=[rcpt],
             error="UpstreamServerError: 503 down", first_retry=600, max_age=3600,
         )  # fmt: skip
-    spool.kill(2, "422 invalid recipient")
-    spool.close()
-    return tmp_path
+    await spool.kill(2, "422 invalid recipient")
+    await spool.close()
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -66,11 +71,11 @@ def test_show(spool_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_retry_one_and_all(spool_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     status, out = run(capsys, "--spool-dir", str(spool_dir), "retry", "2")
     assert (status, out) == (0, "1 message(s) scheduled for immediate retry\n")
-    spool = Spool(spool_dir)
-    assert [e.id for e in spool.due(10)] == [2]
+    spool = SqliteSpool(spool_dir)
+    assert [e.id for e in asyncio.run(spool.claim(10, lease=0))] == [2]
     status, out = run(capsys, "--spool-dir", str(spool_dir), "retry", "--all")
-    assert [e.id for e in spool.due(10)] == [1, 2]
-    spool.close()
+    assert [e.id for e in asyncio.run(spool.claim(10, lease=0))] == [1, 2]
+    asyncio.run(spool.close())
     assert run(capsys, "--spool-dir", str(spool_dir), "retry", "7")[0] == 1
 
 
@@ -98,3 +103,14 @@ def test_without_a_spool_dir_it_is_a_config_error(
     assert "RELAY_SPOOL_DIR" in capsys.readouterr().err
     assert main(["queue", "--spool-dir", str(tmp_path / "none"), "list"]) == EX_CONFIG
     assert "no spool at" in capsys.readouterr().err
+
+
+def test_show_names_a_running_claim(spool_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert "claimed until:   -" in run(capsys, "--spool-dir", str(spool_dir), "show", "1")[1]
+    spool = SqliteSpool(spool_dir)
+    asyncio.run(spool.retry(1, max_age=3600))
+    [entry] = asyncio.run(spool.claim(10, lease=600))
+    asyncio.run(spool.close())
+    assert entry.claimed_until is not None
+    when = datetime.fromtimestamp(entry.claimed_until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    assert f"claimed until:   {when}" in run(capsys, "--spool-dir", str(spool_dir), "show", "1")[1]

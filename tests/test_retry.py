@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from relay.delivery.retry import Backoff, RetryingSender
+from relay.delivery.policy import Backoff
+from relay.delivery.retry import RetryingSender
 from relay.delivery.sender import Delivery
 from relay.errors import (
     RelayMisconfigured,

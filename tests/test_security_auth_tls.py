@@ -24,19 +24,14 @@ from tests.security_support import (
     Certs,
     Conversation,
     b64,
-    make_certs,
     message,
     plain_token,
     write_users,
 )
 from tests.standin import StandIn
+from tests.test_metrics import value
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture
@@ -130,6 +125,64 @@ def test_auth_login_challenges_and_quirks(relay: RunningRelay, certs: Certs, sta
     assert standin.requests == []
 
 
+@pytest.mark.parametrize(
+    ("exchange", "reply"),
+    [
+        (["AUTH PLAIN not-base64!"], "501 5.5.2 Can't decode base64"),
+        ([f"AUTH PLAIN {b64('app' + chr(0) + PASSWORD)}"], "501 5.5.2 Can't split auth value"),
+        (["AUTH PLAIN", "*"], "501 5.7.0 Auth aborted"),
+        (["AUTH PLAIN", "%%%"], "501 5.5.2 Can't decode base64"),
+        (["AUTH LOGIN not-base64!"], "501 5.5.2 Can't decode base64"),
+        (["AUTH LOGIN", "*"], "501 5.7.0 Auth aborted"),
+        (["AUTH LOGIN", b64("app"), "*"], "501 5.7.0 Auth aborted"),
+        (["AUTH CRAM-MD5"], "504 5.5.4 Unrecognized authentication type"),
+        (["AUTH"], "501 5.5.4 Not enough value"),
+    ],
+)
+def test_auth_exchange_errors_are_answered_and_the_session_goes_on(
+    relay: RunningRelay, certs: Certs, standin: StandIn, exchange: list[str], reply: str
+):
+    """Malformed AUTH exchanges get aiosmtpd's exact replies; they are not failed logins."""
+    with Conversation(relay.port) as smtp:
+        smtp.reply()
+        smtp.command("EHLO client.test")
+        smtp.starttls(certs.client_context())
+        smtp.command("EHLO client.test")
+        *steps, last = exchange
+        for step in steps:
+            assert smtp.command(step).startswith("334 ")
+        assert smtp.command(last) == reply
+        assert smtp.command(f"AUTH PLAIN {plain_token('app', PASSWORD)}") == (
+            "235 2.7.0 Authentication successful"
+        )
+        assert smtp.command(f"AUTH PLAIN {plain_token('app', PASSWORD)}") == (
+            "503 5.5.1 Already authenticated"
+        )
+    assert relay.server is not None
+    assert "ahasend_relay_auth_failures_total 0" in relay.server.metrics.render()
+
+
+def test_starttls_forgets_what_plaintext_auth_established(
+    standin: StandIn, certs: Certs, users: Path
+):
+    """RFC 3207 §4.2: after STARTTLS the client must authenticate again."""
+    settings = secure_settings(standin, certs, users, relay_auth_allow_plaintext=True)
+    with running_relay(settings) as relay, Conversation(relay.port) as smtp:
+        smtp.reply()
+        smtp.command("EHLO client.test")
+        assert smtp.command(f"AUTH PLAIN {plain_token('app', PASSWORD)}") == (
+            "235 2.7.0 Authentication successful"
+        )
+        smtp.starttls(certs.client_context())
+        smtp.command("EHLO client.test")
+        assert smtp.command("MAIL FROM:<app@example.com>") == "530 5.7.0 Authentication required"
+        assert smtp.command(f"AUTH PLAIN {plain_token('app', PASSWORD)}") == (
+            "235 2.7.0 Authentication successful"
+        )
+        assert smtp.command("MAIL FROM:<app@example.com>") == "250 2.1.0 Sender OK"
+    assert standin.requests == []
+
+
 def test_bad_credentials_get_535_then_421_and_disconnect(
     standin: StandIn, certs: Certs, users: Path
 ):
@@ -145,7 +198,8 @@ def test_bad_credentials_get_535_then_421_and_disconnect(
         assert smtp.command(unknown_user) == "421 4.7.0 Too many failed authentication attempts"
         assert smtp.closed_by_server()
         assert relay.server is not None
-        assert "ahasend_relay_auth_failures_total 2" in relay.server.metrics.render()
+        rendered = relay.server.metrics.render()
+        assert value(rendered, "ahasend_relay_auth_failures_total") == 2
     assert standin.requests == []
 
 
@@ -164,7 +218,9 @@ def test_failed_auth_is_tarpitted_without_blocking_others(
         bad.command("EHLO attacker.test")
         bad.starttls(certs.client_context())
         bad.command("EHLO attacker.test")
-        bad.send(f"AUTH PLAIN {plain_token('app', 'guess')}\r\n")
+        first = bad.command(f"AUTH PLAIN {plain_token('app', 'guess')}")
+        assert first == "535 5.7.8 Authentication credentials invalid"
+        bad.send(f"AUTH PLAIN {plain_token('app', 'guess2')}\r\n")  # waits 30 s, unhashed
         with smtplib.SMTP_SSL(
             "127.0.0.1", relay.server.smtps_port, context=certs.client_context(), timeout=10
         ) as good:

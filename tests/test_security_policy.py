@@ -21,7 +21,6 @@ from tests.security_support import (
     SCANNER_PASSWORD,
     Certs,
     Conversation,
-    make_certs,
     message,
     plain_token,
     write_users,
@@ -31,11 +30,6 @@ from tests.standin import StandIn
 pytestmark = pytest.mark.e2e
 
 INSIDE, OUTSIDE = "127.0.0.1", "127.0.0.2"
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def converse(relay: RunningRelay, source: str, certs: Certs | None, login: bool) -> Conversation:

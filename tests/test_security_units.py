@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import ssl
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,11 @@ async def test_authenticator_tarpits_failures_only():
     auth = Authenticator(store, FailureTracker(0.5), sleep=sleep)
     assert await auth.verify("192.0.2.1", b"app", b"pw") == AuthUser("app")
     assert await auth.verify("192.0.2.1", b"app", b"nope") is None
+    assert slept == []  # the delay is earned by failures, waited before the next check
     assert await auth.verify("192.0.2.1", b"app", b"nope") is None
+    assert await auth.verify("192.0.2.1", b"app", b"nope") is None
+    assert slept == [0.5, 1.0]
+    assert await auth.verify("192.0.2.9", b"app", b"pw") == AuthUser("app")
     assert slept == [0.5, 1.0]
 
 
@@ -124,11 +129,58 @@ async def test_tarpit_does_not_block_the_loop():
         await release.wait()
 
     auth = Authenticator(CredentialStore(single=("app", "pw")), FailureTracker(5), sleep=sleep)
+    auth.failures.record("192.0.2.1")
     failing = asyncio.create_task(auth.verify("192.0.2.1", b"app", b"bad"))
     assert await auth.verify("192.0.2.2", b"app", b"pw") == AuthUser("app")
     assert not failing.done()
     release.set()
     assert await failing is None
+
+
+class CountingStore(CredentialStore):
+    """A real store that counts the hashes it checks."""
+
+    checks = 0
+
+    def check(self, login: bytes, password: bytes) -> AuthUser | None:
+        self.checks += 1
+        return super().check(login, password)
+
+
+async def test_tarpit_comes_before_the_hash_and_a_busy_peer_is_not_hashed_at_all():
+    release = asyncio.Event()
+    store = CountingStore(single=("app", "pw"))
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await release.wait()
+
+    auth = Authenticator(store, FailureTracker(1.0), sleep=sleep)
+    assert await auth.verify("192.0.2.1", b"app", b"bad") is None
+    assert store.checks == 1
+    waiting = asyncio.create_task(auth.verify("192.0.2.1", b"app", b"bad"))
+    await asyncio.sleep(0)
+    assert waits == [1.0]
+    assert store.checks == 1, "hashed before the delay"
+    parallel = [await auth.verify("192.0.2.1", b"app", b"pw") for _ in range(5)]
+    assert parallel == [None] * 5, "a peer in its tarpit is answered without a check"
+    assert store.checks == 1
+    release.set()
+    assert await waiting is None
+    assert store.checks == 2
+
+
+async def test_parallel_logins_from_one_address_without_failures_are_all_checked():
+    """Many app workers behind one NAT address: no failure, no tarpit, every login checked."""
+    auth = Authenticator(CredentialStore(single=("app", "pw")), FailureTracker(1.0))
+    logins = [auth.verify("192.0.2.1", b"app", b"pw") for _ in range(6)]
+    assert await asyncio.gather(*logins) == [AuthUser("app")] * 6
+
+
+def test_verifications_run_one_per_core():
+    auth = Authenticator(CredentialStore(single=("app", "pw")), FailureTracker(0))
+    assert auth.concurrency == (os.cpu_count() or 1)
 
 
 # -- policy ----------------------------------------------------------------------------
@@ -228,7 +280,7 @@ def test_rate_memory_is_bounded():
     limiter = ConnectionLimiter(10**6, 1, max_peers=5)
     for n in range(50):
         limiter.admit(f"10.0.0.{n}")
-    assert len(limiter._recent) == 5
+    assert limiter.peers_remembered == 5
 
 
 # -- tls -------------------------------------------------------------------------------

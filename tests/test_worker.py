@@ -6,15 +6,17 @@ import asyncio
 import io
 import json
 import random
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from relay.delivery.bounce import Bouncer
+from relay.delivery.policy import Backoff, SpoolPolicy
 from relay.delivery.sender import Delivery
-from relay.delivery.spool import Spool, SpoolEntry
-from relay.delivery.worker import SpoolWorker, WorkerPolicy
+from relay.delivery.spool import SpoolEntry, SqliteSpool
+from relay.delivery.worker import SpoolWorker
 from relay.errors import (
     RelayError,
     UpstreamBusy,
@@ -23,9 +25,13 @@ from relay.errors import (
     UpstreamUnreachable,
 )
 from relay.ops.log import configure
-from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
+from tests.fakes import ACCEPTED, FakeTime, ScriptedSender, one_route
 
-POLICY = WorkerPolicy(retry_min=10, retry_max=100, max_age=1000, poll_interval=0.01)
+POLICY = SpoolPolicy(
+    backoff=Backoff(base=10, cap=100, jitter=(0.8, 1.2), retry_after="floor"),
+    max_age=1000,
+    poll_interval=0.01,
+)
 
 
 @pytest.fixture
@@ -34,61 +40,65 @@ def time() -> FakeTime:
 
 
 @pytest.fixture
-def spool(tmp_path: Path, time: FakeTime) -> Iterator[Spool]:
-    s = Spool(tmp_path, clock=time.clock)
+async def spool(tmp_path: Path, time: FakeTime) -> AsyncIterator[SqliteSpool]:
+    s = SqliteSpool(tmp_path, clock=time.clock)
     yield s
-    s.close()
+    await s.close()
 
 
-def enqueue(spool: Spool, key: str = "key-1", mail_from: str = "app@example.com") -> int:
+async def enqueue(
+    spool: SqliteSpool, key: str = "key-1", mail_from: str = "app@example.com"
+) -> int:
     body = json.dumps({"subject": "Invoice 42", "from": {"email": mail_from or "x@y.z"}})
-    return spool.add(
+    return await spool.add(
         body.encode(), key, mail_from=mail_from, rcpt_tos=["to@example.org"],
         error="UpstreamUnreachable", first_retry=0, max_age=POLICY.max_age,
     )  # fmt: skip
 
 
 def worker(
-    spool: Spool, sender: ScriptedSender, time: FakeTime, bouncer: Bouncer | None = None
+    spool: SqliteSpool, sender: ScriptedSender, time: FakeTime, bouncer: Bouncer | None = None
 ) -> SpoolWorker:
     return SpoolWorker(
-        spool, sender, POLICY, bouncer=bouncer, clock=time.clock, rng=random.Random(1)
+        spool, one_route(sender), POLICY, bouncer=bouncer, clock=time.clock, rng=random.Random(1)
     )
 
 
-def get(spool: Spool, entry_id: int) -> SpoolEntry:
-    entry = spool.get(entry_id)
+async def get(spool: SqliteSpool, entry_id: int) -> SpoolEntry:
+    entry = await spool.get(entry_id)
     assert entry is not None
     return entry
 
 
 async def test_a_due_entry_is_sent_with_its_key_and_marked_delivered(
-    spool: Spool, time: FakeTime
+    spool: SqliteSpool, time: FakeTime
 ) -> None:
-    entry_id = enqueue(spool)
+    entry_id = await enqueue(spool)
     sender = ScriptedSender([ACCEPTED])
     assert await worker(spool, sender, time).run_once() == 1
     assert sender.keys == ["key-1"]
-    entry = get(spool, entry_id)
+    entry = await get(spool, entry_id)
     assert (entry.state, entry.message_ids, entry.attempts) == ("delivered", ("msg-1",), 1)
     assert await worker(spool, sender, time).run_once() == 0
 
 
-async def test_a_replayed_answer_counts_as_delivered(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool)
+async def test_a_replayed_answer_counts_as_delivered(spool: SqliteSpool, time: FakeTime) -> None:
+    entry_id = await enqueue(spool)
     sender = ScriptedSender([Delivery(status=202, message_ids=("m",), replayed=True)])
     await worker(spool, sender, time).run_once()
-    assert get(spool, entry_id).state == "delivered"
+    assert (await get(spool, entry_id)).state == "delivered"
 
 
-async def test_transient_failures_back_off_exponentially(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool)
+async def test_transient_failures_back_off_exponentially(
+    spool: SqliteSpool, time: FakeTime
+) -> None:
+    entry_id = await enqueue(spool)
     sender = ScriptedSender([UpstreamServerError("503")])
     w = worker(spool, sender, time)
     delays = []
     for _ in range(5):
         await w.run_once()
-        entry = get(spool, entry_id)
+        entry = await get(spool, entry_id)
         delays.append(entry.next_attempt - time.now)
         time.now = entry.next_attempt
     assert entry.attempts == 5
@@ -99,30 +109,30 @@ async def test_transient_failures_back_off_exponentially(spool: Spool, time: Fak
     assert set(sender.keys) == {"key-1"}
 
 
-async def test_retry_after_is_a_floor(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool)
+async def test_retry_after_is_a_floor(spool: SqliteSpool, time: FakeTime) -> None:
+    entry_id = await enqueue(spool)
     await worker(spool, ScriptedSender([UpstreamBusy("409", retry_after=500)]), time).run_once()
-    assert get(spool, entry_id).next_attempt == time.now + 500
+    assert (await get(spool, entry_id)).next_attempt == time.now + 500
 
 
 async def test_permanent_rejection_is_a_dead_letter_with_the_reason(
-    spool: Spool, time: FakeTime
+    spool: SqliteSpool, time: FakeTime
 ) -> None:
-    entry_id = enqueue(spool)
+    entry_id = await enqueue(spool)
     await worker(spool, ScriptedSender([UpstreamRejected("422 invalid sender")]), time).run_once()
-    entry = get(spool, entry_id)
+    entry = await get(spool, entry_id)
     assert (entry.state, entry.last_error, entry.bounced) == ("dead", "422 invalid sender", False)
 
 
 async def test_an_expired_entry_dies_and_the_sender_gets_a_bounce(
-    spool: Spool, time: FakeTime
+    spool: SqliteSpool, time: FakeTime
 ) -> None:
-    entry_id = enqueue(spool, key="key-9")
+    entry_id = await enqueue(spool, key="key-9")
     time.now += POLICY.max_age + 1
     sender = ScriptedSender([UpstreamUnreachable("ConnectError"), ACCEPTED])
     bouncer = Bouncer(sender, "postmaster@relay.example")
     await worker(spool, sender, time, bouncer).run_once()
-    entry = get(spool, entry_id)
+    entry = await get(spool, entry_id)
     assert entry.state == "dead"
     assert entry.last_error is not None
     assert entry.last_error.startswith("expired after 1 attempts")
@@ -137,30 +147,30 @@ async def test_an_expired_entry_dies_and_the_sender_gets_a_bounce(
     assert "expired" in notice["text_content"]
 
 
-async def test_no_bounce_for_the_null_sender(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool, mail_from="")
+async def test_no_bounce_for_the_null_sender(spool: SqliteSpool, time: FakeTime) -> None:
+    entry_id = await enqueue(spool, mail_from="")
     sender = ScriptedSender([UpstreamRejected("422")])
     await worker(spool, sender, time, Bouncer(sender, "postmaster@relay.example")).run_once()
     assert len(sender.calls) == 1
-    assert get(spool, entry_id).state == "dead"
-    assert not get(spool, entry_id).bounced
+    assert (await get(spool, entry_id)).state == "dead"
+    assert not (await get(spool, entry_id)).bounced
 
 
-async def test_a_failed_bounce_is_logged_not_fatal(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool)
+async def test_a_failed_bounce_is_logged_not_fatal(spool: SqliteSpool, time: FakeTime) -> None:
+    entry_id = await enqueue(spool)
     outcomes: list[Delivery | RelayError] = [UpstreamRejected("422"), UpstreamServerError("500")]
     sender = ScriptedSender(outcomes)
     await worker(spool, sender, time, Bouncer(sender, "pm@relay.example")).run_once()
-    entry = get(spool, entry_id)
+    entry = await get(spool, entry_id)
     assert (entry.state, entry.bounced) == ("dead", False)
 
 
-async def test_run_delivers_until_stopped(spool: Spool, time: FakeTime) -> None:
+async def test_run_delivers_until_stopped(spool: SqliteSpool, time: FakeTime) -> None:
     sender = ScriptedSender([ACCEPTED])
     w = worker(spool, sender, time)
     task = asyncio.create_task(w.run())
-    enqueue(spool, "a")
-    enqueue(spool, "b")
+    await enqueue(spool, "a")
+    await enqueue(spool, "b")
     for _ in range(200):
         if len(sender.calls) == 2:
             break
@@ -168,12 +178,12 @@ async def test_run_delivers_until_stopped(spool: Spool, time: FakeTime) -> None:
     w.stop()
     await asyncio.wait_for(task, 2)
     assert sorted(sender.keys) == ["a", "b"]
-    assert spool.stats().delivered == 2
+    assert (await spool.stats()).delivered == 2
 
 
-async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
-    enqueue(spool, "a")
-    enqueue(spool, "b")
+async def test_spool_status_is_logged(spool: SqliteSpool, time: FakeTime) -> None:
+    await enqueue(spool, "a")
+    await enqueue(spool, "b")
     sender = ScriptedSender([UpstreamServerError("503"), ACCEPTED])
     out = io.StringIO()
     configure(fmt="json", level="info", stream=out)
@@ -184,10 +194,63 @@ async def test_spool_status_is_logged(spool: Spool, time: FakeTime) -> None:
     assert status["oldest_age_s"] == 0
 
 
-async def test_recipients_refused_inside_a_202_are_noted(spool: Spool, time: FakeTime) -> None:
-    entry_id = enqueue(spool)
+async def test_recipients_refused_inside_a_202_are_noted(
+    spool: SqliteSpool, time: FakeTime
+) -> None:
+    entry_id = await enqueue(spool)
     partial = Delivery(status=202, message_ids=("m",), failures=(("x@y.z", "suppressed"),))
     await worker(spool, ScriptedSender([partial]), time).run_once()
-    entry = get(spool, entry_id)
+    entry = await get(spool, entry_id)
     assert entry.state == "delivered"
     assert entry.last_error == "recipients refused by the API: x@y.z: suppressed"
+
+
+class SlowSender(ScriptedSender):
+    """Accepts every request after ``delay`` seconds (real time), or never (None)."""
+
+    def __init__(self, delay: float | None) -> None:
+        super().__init__([ACCEPTED])
+        self.delay = delay
+        self.started = asyncio.Event()
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        self.started.set()
+        if self.delay is None:
+            await asyncio.Event().wait()
+        await asyncio.sleep(self.delay or 0)
+        return await super().send(body, idempotency_key)
+
+
+async def test_two_workers_never_send_one_entry_twice(spool: SqliteSpool, time: FakeTime) -> None:
+    keys = [f"k{i}" for i in range(12)]
+    for key in keys:
+        await enqueue(spool, key)
+    policy = replace(POLICY, batch=5)
+    senders = [SlowSender(0.01), SlowSender(0.01)]
+    workers = [SpoolWorker(spool, one_route(s), policy, clock=time.clock) for s in senders]
+    while sum(await asyncio.gather(*(w.run_once() for w in workers))):
+        pass
+    first, second = (set(s.keys) for s in senders)
+    assert first
+    assert second
+    assert not first & second
+    assert sorted(first | second) == sorted(keys)
+    assert (await spool.stats()).delivered == len(keys)
+
+
+async def test_an_entry_held_by_a_dead_worker_is_sent_once_its_lease_ends(
+    spool: SqliteSpool, time: FakeTime
+) -> None:
+    entry_id = await enqueue(spool)
+    hanging = SlowSender(None)
+    dying = asyncio.create_task(worker(spool, hanging, time).run_once())
+    await asyncio.wait_for(hanging.started.wait(), 5)
+    assert (await get(spool, entry_id)).claimed_until == time.now + POLICY.lease
+    dying.cancel()  # the relay died mid-send
+    await asyncio.gather(dying, return_exceptions=True)
+    survivor = ScriptedSender([ACCEPTED])
+    assert await worker(spool, survivor, time).run_once() == 0
+    time.now += POLICY.lease
+    assert await worker(spool, survivor, time).run_once() == 1
+    assert survivor.keys == ["key-1"]
+    assert (await get(spool, entry_id)).state == "delivered"

@@ -21,10 +21,12 @@ from typing import Any
 from pydantic import SecretStr
 
 from relay import __version__
+from relay.assembly import build_sender
 from relay.cli.queue import add_queue_commands, run_queue_command
+from relay.cli.tenants_check import check_tenants_online
 from relay.config import Settings, load_settings
 from relay.delivery.api import AhaSendClient
-from relay.delivery.spool import Spool
+from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.errors import (
     ConfigError,
     RelayError,
@@ -35,9 +37,9 @@ from relay.errors import (
 from relay.ops.admin import AdminListenError
 from relay.ops.eventloop import run as run_on_loop
 from relay.ops.health import connect_host, probe
-from relay.ops.log import configure
+from relay.ops.log import configure, get_logger, log_uncaught_exceptions
 from relay.ops.memory import pin_mmap_threshold
-from relay.server import build_sender, run
+from relay.server import run
 from relay.smtp.auth import hash_password
 
 __all__ = ["EX_CONFIG", "EX_OK", "main"]
@@ -52,6 +54,24 @@ EX_TEMPFAIL = 75
 EX_CONFIG = 78
 
 Command = Callable[[argparse.Namespace], int]
+
+SERVE_EPILOG = """\
+settings, highest precedence first:
+  1. these flags (--dry-run, --host, --port)
+  2. the environment: AHASEND_* and RELAY_* variables
+  3. --env-file PATH, read as systemd's EnvironmentFile= reads it
+  secrets may instead come from AHASEND_API_KEY_FILE / RELAY_AUTH_PASSWORD_FILE or
+  from systemd credentials ahasend_api_key / relay_auth_password (LoadCredential=)
+  every variable is documented in config.example.env; an unknown AHASEND_* or
+  RELAY_* name is an error. `ahasend-relay check-config` validates them.
+
+exit status:
+  0   stopped by SIGTERM/SIGINT after a graceful shutdown
+  71  cannot listen on the SMTP or the metrics address
+  73  the spool (RELAY_SPOOL_DIR) cannot be opened
+  78  configuration error (one line on stderr names the setting); restarting
+      cannot help
+"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ahasend-relay {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    serve = commands.add_parser("serve", help="run the relay (the default command)")
+    serve = commands.add_parser(
+        "serve", help="run the relay (the default command)",
+        description="Accept SMTP and forward each message to AhaSend's HTTP API v2.",
+        epilog=SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
     _add_settings_options(serve)
     serve.add_argument("--dry-run", action="store_true", help="log payloads, never call AhaSend")
     serve.add_argument("--host", help="address to listen on (RELAY_HOST)")
@@ -127,21 +151,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     password = settings.relay_auth_password
     secrets = [key, password.get_secret_value() if password else ""]
-    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets)
+    configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
+              recipients=settings.relay_log_recipients)  # fmt: skip
+    log_uncaught_exceptions()
     pin_mmap_threshold()
     try:
         run_on_loop(run(settings), settings.relay_event_loop)
     except AdminListenError as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_OSERR
+        return _startup_failed(str(exc), EX_OSERR)
     except SpoolUnavailable as exc:
-        print(f"ahasend-relay: {exc}", file=sys.stderr)
-        return EX_CANTCREAT
+        return _startup_failed(str(exc), EX_CANTCREAT)
     except OSError as exc:  # the listener could not bind
-        print(f"ahasend-relay: cannot listen on {settings.relay_host}:{settings.relay_port}: "
-              f"{exc.strerror or exc}", file=sys.stderr)  # fmt: skip
-        return EX_OSERR
+        where = f"{settings.relay_host}:{settings.relay_port}"
+        return _startup_failed(f"cannot listen on {where}: {exc.strerror or exc}", EX_OSERR)
     return EX_OK
+
+
+def _startup_failed(why: str, status: int) -> int:
+    """Log why serving could not start (in the configured log format); return ``status``."""
+    get_logger("relay.cli").error("startup_failed", error=why, exit_status=status)
+    return status
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
@@ -179,14 +208,19 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"ahasend-relay: no spool at {directory}", file=sys.stderr)
         return EX_CONFIG
     try:
-        spool = Spool(directory)
+        spool = SqliteSpool(directory)
+        return asyncio.run(_queue(args, spool, settings.relay_spool_max_age))
     except SpoolUnavailable as exc:
         print(f"ahasend-relay: {exc}", file=sys.stderr)
         return EX_CANTCREAT
+
+
+async def _queue(args: argparse.Namespace, spool: SpoolBackend, max_age: float) -> int:
+    """The queue command on ``spool``, which is closed afterwards."""
     try:
-        return run_queue_command(args, spool, settings.relay_spool_max_age, sys.stdout)
+        return await run_queue_command(args, spool, max_age, sys.stdout)
     finally:
-        spool.close()
+        await spool.close()
 
 
 # -- operations: check-config, send-test, healthcheck ------------------------------------
@@ -270,7 +304,10 @@ _SYSTEMD_VARIABLES = frozenset({"notify_socket", "watchdog_usec", "watchdog_pid"
 
 
 def check_online(settings: Settings) -> int:
-    """Ping AhaSend and read the account; the exit status says what failed."""
+    """Ping AhaSend and read the account; the exit status says what failed. With
+    RELAY_TENANTS_FILE, every tenant's key and account (``relay.cli.tenants_check``)."""
+    if settings.relay_tenants_file is not None:
+        return check_tenants_online(settings)
     if settings.ahasend_api_key is None or settings.ahasend_account_id is None:
         print("ahasend-relay: --online needs AHASEND_API_KEY and AHASEND_ACCOUNT_ID",
               file=sys.stderr)  # fmt: skip

@@ -1,7 +1,9 @@
 """``ahasend-relay queue``: look at and act on the spool, also while the daemon runs.
 
-The commands open the same SQLite file as the daemon (WAL mode lets both work at once)
-and change it in single transactions; the worker notices within a few seconds.
+The commands open the same spool as the daemon (the SQLite file's WAL mode lets both work
+at once) and change it in single transactions; the worker notices within a few seconds.
+They drive the spool backend's async API (``SpoolBackend``); ``run_queue_command`` is a
+coroutine, run by ``cli.main`` with ``asyncio.run``.
 
 - ``list [--state queued|dead|delivered]``: one line per message;
 - ``show ID``: every field, and the request's subject, sender and recipients;
@@ -19,7 +21,7 @@ import time
 from datetime import UTC, datetime
 from typing import TextIO
 
-from relay.delivery.spool import Spool, SpoolEntry
+from relay.delivery.spool import STATES, SpoolBackend, SpoolEntry
 
 __all__ = ["add_queue_commands", "format_entry", "run_queue_command"]
 
@@ -30,7 +32,7 @@ def add_queue_commands(parser: argparse.ArgumentParser) -> None:
     """The ``queue`` subcommands on ``parser`` (their handler: ``args.queue_command``)."""
     actions = parser.add_subparsers(title="queue commands", metavar="ACTION", required=True)
     listing = actions.add_parser("list", help="list spooled messages")
-    listing.add_argument("--state", choices=("queued", "dead", "delivered"))
+    listing.add_argument("--state", choices=STATES)
     listing.set_defaults(queue_command=_list)
     show = actions.add_parser("show", help="show one message")
     show.add_argument("id", type=int)
@@ -45,14 +47,16 @@ def add_queue_commands(parser: argparse.ArgumentParser) -> None:
     delete.set_defaults(queue_command=_delete)
 
 
-def run_queue_command(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
+async def run_queue_command(
+    args: argparse.Namespace, spool: SpoolBackend, max_age: float, out: TextIO
+) -> int:
     """Run the parsed queue command against ``spool``; its exit status."""
-    status: int = args.queue_command(args, spool, max_age, out)
+    status: int = await args.queue_command(args, spool, max_age, out)
     return status
 
 
-def _list(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
-    entries = spool.entries(args.state)
+async def _list(args: argparse.Namespace, spool: SpoolBackend, max_age: float, out: TextIO) -> int:
+    entries = await spool.entries(args.state)
     now = time.time()
     print(
         f"{'ID':>6}  {'STATE':<9} {'AGE':>7} {'TRIES':>5}  {'NEXT':>7}  SENDER -> RECIPIENTS",
@@ -68,13 +72,13 @@ def _list(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -
         )
         if e.last_error:
             print(f"{'':>8}{e.last_error}", file=out)
-    stats = spool.stats()
+    stats = await spool.stats()
     print(f"-- {stats.queued} queued, {stats.dead} dead, {stats.delivered} delivered", file=out)
     return 0
 
 
-def _show(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
-    entry = spool.get(args.id)
+async def _show(args: argparse.Namespace, spool: SpoolBackend, max_age: float, out: TextIO) -> int:
+    entry = await spool.get(args.id)
     if entry is None:
         print(f"no message with id {args.id}", file=out)
         return EX_NOT_FOUND
@@ -82,14 +86,16 @@ def _show(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -
     return 0
 
 
-def _retry(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
-    changed = spool.retry(None if args.all else args.id, max_age)
+async def _retry(args: argparse.Namespace, spool: SpoolBackend, max_age: float, out: TextIO) -> int:
+    changed = await spool.retry(None if args.all else args.id, max_age)
     print(f"{changed} message(s) scheduled for immediate retry", file=out)
     return 0 if changed or args.all else EX_NOT_FOUND
 
 
-def _delete(args: argparse.Namespace, spool: Spool, max_age: float, out: TextIO) -> int:
-    if spool.delete(args.id):
+async def _delete(
+    args: argparse.Namespace, spool: SpoolBackend, max_age: float, out: TextIO
+) -> int:
+    if await spool.delete(args.id):
         print(f"message {args.id} deleted", file=out)
         return 0
     print(f"no message with id {args.id}", file=out)
@@ -111,6 +117,7 @@ def format_entry(entry: SpoolEntry) -> str:
         ("updated", _when(entry.updated)),
         ("next attempt", _when(entry.next_attempt) if entry.state == "queued" else "-"),
         ("expires", _when(entry.expires)),
+        ("claimed until", _claimed(entry)),
         ("last error", entry.last_error or "-"),
         ("message ids", ", ".join(entry.message_ids) or "-"),
         ("bounce sent", "yes" if entry.bounced else "no"),
@@ -129,6 +136,13 @@ def _request_summary(body: bytes | None) -> list[tuple[str, str]]:
     sender = (request.get("from") or {}).get("email", "?")
     to = ", ".join(str(a.get("email")) for a in request.get("to") or [])
     return [("from", sender), ("to", to), ("subject", str(request.get("subject", "")))]
+
+
+def _claimed(entry: SpoolEntry) -> str:
+    """When a worker's claim on ``entry`` ends, or ``-`` when none is running."""
+    if entry.claimed_until is None or entry.claimed_until <= time.time():
+        return "-"
+    return _when(entry.claimed_until)
 
 
 def _when(timestamp: float) -> str:

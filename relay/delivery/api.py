@@ -149,23 +149,51 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def _delivery(response: httpx.Response) -> Delivery:
-    """A Delivery from a 2xx; NothingQueued when every listed recipient failed."""
-    items = _items(response)
-    queued = tuple(str(i.get("id")) for i in items if i.get("status") != "error" and i.get("id"))
-    failures = tuple(
-        (str((i.get("recipient") or {}).get("email", "?")), sanitize(str(i.get("error") or "")))
-        for i in items
-        if i.get("status") == "error"
-    )
+    """A Delivery from a 2xx; NothingQueued when every listed recipient failed.
+
+    A 2xx the relay cannot fully read still means AhaSend took the message (answering
+    4xx would make the client send it twice): it is logged as ``malformed_accepted`` with
+    the status and a short description naming no content, and counts as accepted.
+    """
+    replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+    try:
+        queued, failures = _outcomes(_items(response))
+    except _Unreadable as exc:
+        log.warning("malformed_accepted", status=response.status_code, problem=str(exc))
+        return Delivery(response.status_code, replayed=replayed)
     if failures and not queued:
         raise NothingQueued("; ".join(f"{rcpt}: {why}" for rcpt, why in failures))
-    replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
     return Delivery(response.status_code, queued, failures, replayed)
 
 
-def _items(response: httpx.Response) -> list[dict[str, Any]]:
+class _Unreadable(Exception):
+    """A 2xx body not shaped as a CreateMessageResponse; the text names no content."""
+
+
+def _outcomes(items: list[Any]) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The queued message ids and the (recipient, error) failures of a 2xx's ``data``."""
+    queued: list[str] = []
+    failures: list[tuple[str, str]] = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise _Unreadable(f"data[{index}] is not an object")
+        if item.get("status") != "error":
+            if item.get("id"):
+                queued.append(str(item["id"]))
+            continue
+        recipient = item.get("recipient")
+        if not isinstance(recipient, dict) or not isinstance(recipient.get("email"), str):
+            raise _Unreadable(f"data[{index}].recipient is not an object with an email")
+        failures.append((recipient["email"], sanitize(str(item.get("error") or ""))))
+    return tuple(queued), tuple(failures)
+
+
+def _items(response: httpx.Response) -> list[Any]:
     try:
-        data = json.loads(response.content).get("data")
-    except (ValueError, AttributeError):
-        return []
-    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+        body = json.loads(response.content)
+    except ValueError as exc:
+        raise _Unreadable("body is not JSON") from exc
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        raise _Unreadable("no data list")
+    return data

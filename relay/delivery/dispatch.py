@@ -1,89 +1,88 @@
 """Where a transaction's requests go: to the API now, or into the spool for later.
 
-``Dispatcher.send_all`` sends each request of a transaction (one per payload of
-``Translated``, each with its own Idempotency-Key) through the handler's sender (which
-retries within the transaction's deadline). A permanent error propagates (5xx). A
-transient one propagates too (4xx, the client retries) unless a spool is configured:
-then that request and every later one of the transaction are written to the spool
-(committed and fsync'd) and come back as ``Delivery(spooled=True)``, so the handler may
-answer 250 only once nothing acknowledged can be lost. Requests the API took stay sent.
+``Dispatcher.send_all`` asks the router for the transaction's route (``relay.delivery.
+route``: which account, key and pacing), then sends each request of the transaction (one
+per payload of ``Translated``, each with its own Idempotency-Key) through that route's
+retrying sender (which retries within the transaction's deadline). A permanent error
+propagates (5xx). A transient one propagates too (4xx, the client retries) unless a spool
+is configured: then that request and every later one of the transaction are written to
+the spool (committed and fsync'd) and come back as ``Delivery(spooled=True)``, so the
+handler may answer 250 only once nothing acknowledged can be lost. Requests the API took
+stay sent.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from relay.delivery.sender import Delivery, Sender
-from relay.delivery.spool import Spool
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
+from relay.delivery.policy import SpoolPolicy
+from relay.delivery.route import Router, Submission
+from relay.delivery.sender import Delivery
+from relay.delivery.spool import SpoolBackend
 from relay.errors import InternalError, TransientError
 from relay.ops.log import get_logger
 
-__all__ = ["Dispatcher", "SpoolPolicy"]
+__all__ = ["Dispatcher"]
 
 log = get_logger("relay.delivery.dispatch")
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolPolicy:
-    """Timing given to newly spooled requests (seconds)."""
-
-    first_retry: float = 30.0
-    max_age: float = 5 * 86400.0
-
-
 class Dispatcher:
-    """Sends through ``sender``; spools transient failures when ``spool`` is given."""
+    """Sends by ``router``'s routes; spools transient failures when ``spool`` is given."""
 
     def __init__(
-        self, sender: Sender, spool: Spool | None = None, policy: SpoolPolicy | None = None
+        self,
+        router: Router,
+        spool: SpoolBackend | None = None,
+        policy: SpoolPolicy | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
-        self._sender = sender
+        self._router = router
         self._spool = spool
         self._policy = policy or SpoolPolicy()
+        self._events = events
 
     async def send_all(
-        self,
-        bodies: Sequence[bytes],
-        keys: Sequence[str],
-        mail_from: str,
-        rcpt_tos: Sequence[str],
+        self, bodies: Sequence[bytes], keys: Sequence[str], submission: Submission
     ) -> list[Delivery]:
         """One Delivery per request, in order; raises the RelayError the reply should show."""
+        route = self._router.route(submission)
+        sender = route.retrying
         deliveries: list[Delivery] = []
         failure: TransientError | None = None
         for body, key in zip(bodies, keys, strict=True):
             if failure is None:
                 try:
-                    deliveries.append(await self._sender.send(body, key))
+                    deliveries.append(await sender.send(body, key))
                     continue
                 except TransientError as exc:
                     if self._spool is None:
                         raise
                     failure = exc
-            deliveries.append(await self._spool_one(body, key, mail_from, rcpt_tos, failure))
+            deliveries.append(await self._spool_one(body, key, submission, failure, route.name))
         return deliveries
 
     async def _spool_one(
-        self, body: bytes, key: str, mail_from: str, rcpt_tos: Sequence[str], why: TransientError
+        self, body: bytes, key: str, submission: Submission, why: TransientError, route: str
     ) -> Delivery:
         """Write one request durably; InternalError (4xx) when the spool cannot take it."""
         assert self._spool is not None
         error = f"{type(why).__name__}: {why.detail}".rstrip(": ")
         try:
-            spool_id = await asyncio.to_thread(
-                self._spool.add,
+            spool_id = await self._spool.add(
                 body,
                 key,
-                mail_from=mail_from,
-                rcpt_tos=rcpt_tos,
+                mail_from=submission.mail_from,
+                rcpt_tos=submission.rcpt_tos,
                 error=error,
                 first_retry=self._policy.first_retry,
                 max_age=self._policy.max_age,
+                route=route,
             )
         except Exception as exc:  # disk full, permissions...: the client must keep it
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
-        log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error)
-        return Delivery(status=0, spooled=True, spool_id=spool_id)
+        log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error, route=route)
+        self._events.spool_event("spooled")
+        return Delivery(status=None, spooled=True, spool_id=spool_id)

@@ -1,8 +1,9 @@
 """Retries inside the SMTP transaction, so a brief API hiccup never reaches the client.
 
 ``RetryingSender`` wraps any ``Sender``. A transient failure that a retry can cure (429,
-409 in progress, 5xx, timeout, connection error) is retried with exponential backoff and
-jitter, honouring ``Retry-After`` when the API sends one, always with the same
+409 in progress, 5xx, timeout, connection error) is retried with the relay's one backoff
+rule (``relay.delivery.policy.TRANSACTION_BACKOFF``: exponential with jitter, waiting a
+``Retry-After`` instead when the API sends one), always with the same
 Idempotency-Key, so AhaSend delivers at most once however many attempts reach it.
 
 Everything happens within one deadline (``RELAY_RETRY_DEADLINE``), kept well under the
@@ -10,7 +11,10 @@ SMTP client's own timeout: each attempt is cut at the deadline, and a retry whos
 would overrun it is not made. The last error is then raised for the caller (the spool or
 a 4xx reply). ``stop_retrying`` (shutdown) ends every wait at once and makes each send
 raise its last error after the attempt in progress, so that a transaction still in
-flight is answered (spooled or 4xx) within the shutdown grace period.
+flight is answered (spooled or 4xx) within the shutdown grace period. An open circuit
+breaker (``relay.delivery.circuit``) does the same for an outage: no attempt for new
+sends (only a rare probe when the breaker allows one), and no more waiting for sends
+between retries.
 
 Clock, sleep and randomness are injected so tests need no real waiting.
 """
@@ -21,8 +25,10 @@ import asyncio
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
+from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, retry_after_of
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import (
     RelayError,
@@ -33,7 +39,10 @@ from relay.errors import (
 )
 from relay.ops.log import get_logger
 
-__all__ = ["RETRYABLE", "Backoff", "RetryingSender", "retry_after_of"]
+if TYPE_CHECKING:
+    from relay.delivery.circuit import CircuitBreaker
+
+__all__ = ["RETRYABLE", "RetryingSender"]
 
 log = get_logger("relay.delivery.retry")
 
@@ -49,25 +58,6 @@ Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
 
 
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt ``n`` waits ``min(cap, base * 2**n)``,
-    scaled by a random factor in [0.5, 1.0] so that clients do not retry in lockstep."""
-
-    base: float = 0.25
-    cap: float = 8.0
-
-    def delay(self, attempt: int, rng: random.Random) -> float:
-        """Seconds to wait after failed attempt number ``attempt`` (0-based)."""
-        ceiling = min(self.cap, self.base * 2.0 ** min(attempt, 32))
-        return ceiling * rng.uniform(0.5, 1.0)
-
-
-def retry_after_of(error: RelayError) -> float | None:
-    """The ``Retry-After`` seconds the API sent with ``error``, if any."""
-    return error.retry_after if isinstance(error, UpstreamThrottled) else None
-
-
 class _DeadlineCut(UpstreamTimeout):
     """An attempt cut off by the retry deadline rather than by the API's own timeout."""
 
@@ -75,7 +65,8 @@ class _DeadlineCut(UpstreamTimeout):
 class RetryingSender:
     """A ``Sender`` that retries ``inner`` within ``deadline`` seconds per message.
 
-    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``.
+    ``deadline <= 0`` disables retries: one attempt, exactly like ``inner``. Senders given
+    one ``stopping`` event (one per route) all stop retrying once it is set.
     """
 
     def __init__(
@@ -87,21 +78,33 @@ class RetryingSender:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        stopping: asyncio.Event | None = None,
+        events: DeliveryEvents = NO_EVENTS,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
+        self._events = events
         self._inner = inner
         self._deadline = deadline
-        self._backoff = backoff or Backoff()
+        self._backoff = backoff or TRANSACTION_BACKOFF
         self._clock = clock
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._stopping = asyncio.Event()
+        self._stopping = stopping if stopping is not None else asyncio.Event()
+        self._breaker = breaker
 
     def stop_retrying(self) -> None:
         """Shutdown: no more retries; waiting sends raise their last error now."""
         self._stopping.set()
 
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:
-        """Deliver ``body``, retrying transient failures; raises the last error at the end."""
+        """Deliver ``body``, retrying transient failures; raises the last error at the end.
+
+        With the breaker open: ``UpstreamUnreachable`` at once, or one probe attempt.
+        """
+        if self._breaker is not None and self._breaker.is_open:
+            if not self._breaker.allow_probe():
+                raise UpstreamUnreachable("circuit open")
+            return await self._inner.send(body, idempotency_key)
         if self._deadline <= 0:
             return await self._inner.send(body, idempotency_key)
         deadline = self._clock() + self._deadline
@@ -113,9 +116,11 @@ class RetryingSender:
                 # Our own deadline is no news to the client: report what the API last said.
                 raise (last or exc) from exc
             except RETRYABLE as exc:
-                last, delay = exc, self._delay(exc, attempt)
-                if self._stopping.is_set() or self._clock() + delay >= deadline:
+                last = exc
+                delay = self._backoff.delay(attempt + 1, self._rng, retry_after_of(exc))
+                if self._halted() or self._clock() + delay >= deadline:
                     raise
+                self._events.retried(type(exc).__name__)
                 log.info(
                     "retrying",
                     idempotency_key=idempotency_key,
@@ -138,20 +143,20 @@ class RetryingSender:
         except TimeoutError as exc:
             raise _DeadlineCut("retry deadline reached") from exc
 
-    async def _pause(self, delay: float) -> bool:
-        """Sleep ``delay`` seconds; False when ``stop_retrying`` cut the sleep short."""
-        sleeper = asyncio.ensure_future(self._sleep(delay))
-        stopper = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((sleeper, stopper), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
-        return not self._stopping.is_set()
+    def _halted(self) -> bool:
+        """Shutdown, or an open breaker: no more retries."""
+        return self._stopping.is_set() or (self._breaker is not None and self._breaker.is_open)
 
-    def _delay(self, error: RelayError, attempt: int) -> float:
-        retry_after = retry_after_of(error)
-        if retry_after is not None:
-            return retry_after
-        return self._backoff.delay(attempt, self._rng)
+    async def _pause(self, delay: float) -> bool:
+        """Sleep ``delay`` seconds; False when shutdown or an open breaker cut it short."""
+        waits: list[asyncio.Future[object]] = [asyncio.ensure_future(self._sleep(delay))]
+        waits.append(asyncio.ensure_future(self._stopping.wait()))
+        if self._breaker is not None:
+            waits.append(asyncio.ensure_future(self._breaker.wait_open()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+        return not self._halted()

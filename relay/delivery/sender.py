@@ -26,9 +26,10 @@ class Delivery:
     ``message_ids`` are the ids of queued or scheduled recipients; ``failures`` pairs each
     recipient AhaSend refused inside a 202 with its error text. ``spooled`` marks a request
     the API could not take now that was written to the spool as ``spool_id`` instead.
+    ``status`` is AhaSend's HTTP status, None when nothing was sent (spooled, dry run).
     """
 
-    status: int
+    status: int | None
     message_ids: tuple[str, ...] = ()
     failures: tuple[tuple[str, str], ...] = ()
     replayed: bool = False
@@ -51,7 +52,7 @@ class DryRunSender:
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:
         payload = json.loads(body)
         log.info("dry_run", idempotency_key=idempotency_key, payload=abbreviate(payload))
-        return Delivery(status=202)
+        return Delivery(status=None)  # nothing was sent
 
     async def aclose(self) -> None:
         return None

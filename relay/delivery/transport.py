@@ -6,7 +6,8 @@ and HTTP/1.1 parser behind httpx's API; fails with ``ConfigError`` when not inst
 or ``auto`` (aiohttp when importable, else httpx's own). The benchmark
 (bench/README.md) measured httpx's own transport at ~2.6 ms CPU per request with 50
 requests in flight against ~0.26 ms for the aiohttp one (encode/httpx#3215), so the
-relay prefers it. Install it with ``pip install 'ahasend-relay[fast]'``.
+relay prefers it; it is a default dependency, httpx's own transport the fallback where
+it is not importable.
 
 Errors keep httpx's types: the aiohttp transport maps its exceptions to
 ``httpx.TimeoutException`` / ``httpx.TransportError`` subclasses (timeouts and unreachable
@@ -45,8 +46,7 @@ def build_transport(
     except ImportError:
         if choice == "aiohttp":
             raise ConfigError(
-                "AHASEND_API_TRANSPORT: httpx-aiohttp is not installed "
-                "(pip install 'ahasend-relay[fast]')"
+                "AHASEND_API_TRANSPORT: httpx-aiohttp is not installed (pip install httpx-aiohttp)"
             ) from None
         return None
     limits = httpx.Limits(

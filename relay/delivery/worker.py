@@ -1,15 +1,17 @@
 """The spool worker: a background loop that delivers spooled messages.
 
-Each round takes the due entries (oldest first, a batch at a time) and sends each with
-its own stable Idempotency-Key through the paced sender (one attempt per round; the
-spacing between rounds is the backoff). Outcomes:
+Each round claims the due entries (oldest first, a batch at a time, each for ``lease``
+seconds: no other worker gets them meanwhile) and sends each with its own stable
+Idempotency-Key through its route's paced sender (``Router.spooled``; one attempt per
+round; the spacing between rounds is the backoff). Outcomes:
 
 - accepted (202, replayed or not) → ``delivered`` (recipients the API refused inside
   the 202 are logged and noted on the record);
 - permanent rejection → ``dead`` with the API's reason, and a bounce notice if enabled;
-- transient failure → attempt counted, next attempt after exponential backoff with
-  jitter between ``RELAY_SPOOL_RETRY_MIN`` and ``RELAY_SPOOL_RETRY_MAX`` (never sooner
-  than the API's ``Retry-After``); past ``RELAY_SPOOL_MAX_AGE`` → ``dead`` ("expired").
+- transient failure → attempt counted, next attempt after the policy's backoff
+  (``relay.delivery.policy.SpoolPolicy``: exponential with jitter between
+  ``RELAY_SPOOL_RETRY_MIN`` and ``RELAY_SPOOL_RETRY_MAX``, never sooner than the API's
+  ``Retry-After``); past ``RELAY_SPOOL_MAX_AGE`` → ``dead`` ("expired").
 
 The spool row is updated only after the API answered. A crash in between leaves the row
 queued, and the resend after restart carries the same key, so AhaSend replays its stored
@@ -28,54 +30,40 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from relay.delivery.bounce import Bouncer
-from relay.delivery.retry import retry_after_of
-from relay.delivery.sender import Delivery, Sender
-from relay.delivery.spool import Spool, SpoolEntry, SpoolStats
+from relay.delivery.events import NO_EVENTS, DeliveryEvents
+from relay.delivery.policy import SpoolPolicy, retry_after_of
+from relay.delivery.route import Router
+from relay.delivery.sender import Delivery
+from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
 from relay.errors import PermanentError, RelayError, TransientError
 from relay.ops.log import get_logger
 
-__all__ = ["SpoolWorker", "WorkerPolicy"]
+__all__ = ["SpoolWorker"]
 
 log = get_logger("relay.delivery.worker")
 STATUS_INTERVAL = 60.0
 STATUS_MIN_INTERVAL = 10.0
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerPolicy:
-    """When to retry and when to give up (seconds)."""
-
-    retry_min: float = 30.0
-    retry_max: float = 900.0
-    max_age: float = 5 * 86400.0
-    poll_interval: float = 1.0
-    """Longest sleep between rounds (so ``queue retry`` takes effect soon)."""
-    batch: int = 100
-
-    def next_delay(self, attempts: int, rng: random.Random) -> float:
-        """Backoff after ``attempts`` failed attempts: doubling, capped, ±20 % jitter."""
-        base = min(self.retry_max, self.retry_min * 2.0 ** min(attempts - 1, 32))
-        return base * rng.uniform(0.8, 1.2)
-
-
 class SpoolWorker:
-    """Delivers ``spool`` through ``sender``; ``run`` until ``stop``."""
+    """Delivers ``spool`` by ``router``'s routes; ``run`` until ``stop``."""
 
     def __init__(
         self,
-        spool: Spool,
-        sender: Sender,
-        policy: WorkerPolicy,
+        spool: SpoolBackend,
+        router: Router,
+        policy: SpoolPolicy,
         *,
         bouncer: Bouncer | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        events: DeliveryEvents = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._spool = spool
-        self._sender = sender
+        self._router = router
         self._policy = policy
         self._bouncer = bouncer
         self._clock = clock
@@ -85,7 +73,7 @@ class SpoolWorker:
 
     async def run(self) -> None:
         """Deliver rounds until ``stop`` is called; a failing round is logged, not fatal."""
-        log.info("worker_started", spool=str(self._spool.path))
+        log.info("worker_started", spool=self._spool.location)
         while not self._stopping.is_set():
             try:
                 await self.run_once()
@@ -100,7 +88,7 @@ class SpoolWorker:
 
     async def run_once(self) -> int:
         """One round over the due entries; how many were attempted."""
-        entries = await asyncio.to_thread(self._spool.due, self._policy.batch)
+        entries = await self._spool.claim(self._policy.batch, self._policy.lease)
         await asyncio.gather(*(self._deliver(entry) for entry in entries))
         await self._log_status(bool(entries))
         return len(entries)
@@ -108,7 +96,8 @@ class SpoolWorker:
     async def _deliver(self, entry: SpoolEntry) -> None:
         assert entry.body is not None
         try:
-            delivery = await self._sender.send(entry.body, entry.idempotency_key)
+            sender = self._router.spooled(entry).sender
+            delivery = await sender.send(entry.body, entry.idempotency_key)
         except PermanentError as exc:
             await self._give_up(entry, exc.detail or type(exc).__name__, attempted=True)
         except TransientError as exc:
@@ -119,7 +108,8 @@ class SpoolWorker:
     async def _delivered(self, entry: SpoolEntry, delivery: Delivery) -> None:
         refused = "; ".join(f"{rcpt}: {why}" for rcpt, why in delivery.failures)
         note = f"recipients refused by the API: {refused}" if refused else None
-        await asyncio.to_thread(self._spool.mark_delivered, entry.id, delivery.message_ids, note)
+        await self._spool.mark_delivered(entry.id, delivery.message_ids, note)
+        self._events.spool_event("delivered")
         log.info(
             "spool_delivered",
             spool_id=entry.id,
@@ -140,9 +130,9 @@ class SpoolWorker:
                 attempted=True,
             )
             return
-        delay = self._policy.next_delay(entry.attempts + 1, self._rng)
-        delay = max(delay, retry_after_of(error) or 0.0)
-        await asyncio.to_thread(self._spool.defer, entry.id, reason, now + delay)
+        delay = self._policy.backoff.delay(entry.attempts + 1, self._rng, retry_after_of(error))
+        await self._spool.defer(entry.id, reason, now + delay)
+        self._events.spool_event("deferred")
         log.info(
             "spool_deferred",
             spool_id=entry.id,
@@ -152,7 +142,8 @@ class SpoolWorker:
         )
 
     async def _give_up(self, entry: SpoolEntry, reason: str, *, attempted: bool) -> None:
-        await asyncio.to_thread(self._spool.kill, entry.id, reason, attempted=attempted)
+        await self._spool.kill(entry.id, reason, attempted=attempted)
+        self._events.spool_event("dead")
         log.warning(
             "spool_dead",
             spool_id=entry.id,
@@ -172,12 +163,12 @@ class SpoolWorker:
                 "bounce_failed", spool_id=entry.id, error=type(exc).__name__, detail=exc.detail
             )
             return
-        await asyncio.to_thread(self._spool.mark_bounced, entry.id)
+        await self._spool.mark_bounced(entry.id)
         log.info("bounce_sent", spool_id=entry.id, to=entry.mail_from)
 
     async def _pause(self) -> None:
         """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``."""
-        next_due = await asyncio.to_thread(self._spool.next_due)
+        next_due = await self._spool.next_due()
         wait = self._policy.poll_interval
         if next_due is not None:
             wait = min(wait, max(next_due - self._clock(), 0.0))
@@ -188,11 +179,11 @@ class SpoolWorker:
         now = self._clock()
         if not worked and now - self._last_status < STATUS_INTERVAL:
             return
-        stats = await asyncio.to_thread(self._spool.stats)
+        stats = await self._spool.stats()
         if not _status_due(worked, now - self._last_status, stats):
             return
         self._last_status = now
-        await asyncio.to_thread(self._spool.purge_delivered, now - self._policy.max_age)
+        await self._spool.purge_delivered(now - self._policy.max_age)
         log.info(
             "spool",
             depth=stats.queued,

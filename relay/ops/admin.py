@@ -8,13 +8,16 @@ kilobytes of request head, so it cannot be used to exhaust the relay. It listens
 - ``/healthz``: 200 while the process serves this request (liveness);
 - ``/readyz``: 200 when ``ready()`` says so, else 503, with the reason in the body;
 - ``/metrics``: ``render()`` in the Prometheus text format.
+
+Before ``/metrics`` and ``/readyz`` the server awaits ``refresh()`` (when given), so that
+sources that need I/O (the spool's stats) are read at scrape time, off the hot path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from relay.ops.log import get_logger
 
@@ -45,10 +48,16 @@ class AdminServer:
     """Serves the three endpoints on ``host:port``. ``start`` → ``stop``."""
 
     def __init__(
-        self, host: str, port: int, *, render: Callable[[], str], ready: Readiness
+        self,
+        host: str,
+        port: int,
+        *,
+        render: Callable[[], str],
+        ready: Readiness,
+        refresh: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.host, self._port = host, port
-        self._render, self._ready = render, ready
+        self._render, self._ready, self._refresh = render, ready, refresh
         self._server: asyncio.Server | None = None
 
     @property
@@ -83,10 +92,10 @@ class AdminServer:
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             writer.close()
             return
-        status, ctype, body = self._respond(head)
+        status, ctype, body = await self._respond(head)
         await _write(writer, status, ctype, body.encode(), head_only=head.startswith(b"HEAD "))
 
-    def _respond(self, head: bytes) -> tuple[int, str, str]:
+    async def _respond(self, head: bytes) -> tuple[int, str, str]:
         """(status, content type, body) for a request ``head``."""
         parts = head.split(b"\r\n", 1)[0].split(b" ")
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
@@ -95,6 +104,8 @@ class AdminServer:
         if method not in (b"GET", b"HEAD"):
             return 405, "text/plain", "method not allowed\n"
         try:
+            if self._refresh is not None and target in (b"/metrics", b"/readyz"):
+                await self._refresh()
             return self._route(target)
         except Exception:
             log.exception("admin_error", target=target.decode("latin-1"))

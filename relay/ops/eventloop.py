@@ -2,8 +2,8 @@
 
 ``RELAY_EVENT_LOOP`` picks it: ``asyncio`` (the standard loop), ``uvloop`` (fails with
 ``ConfigError`` when uvloop is not installed) or ``auto`` (uvloop when it is importable,
-else the standard loop). uvloop is an optional dependency (``pip install
-'ahasend-relay[fast]'``); the benchmark in ``bench/`` measures what it buys.
+else the standard loop). uvloop is a default dependency (``bench/`` measures what it
+buys); the standard loop is the fallback on platforms without its wheels.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
         return True, "ready: listening, AhaSend not contacted yet"
     if metrics.upstream_reachable:
         return True, "ready: listening, AhaSend reachable"
-    if metrics.spool_healthy is not None and metrics.spool_healthy():
+    if metrics.spool_healthy:
         return True, "ready: listening, AhaSend unreachable, spool healthy"
     return False, "not ready: AhaSend unreachable at the last request"
 

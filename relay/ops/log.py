@@ -1,5 +1,9 @@
 """structlog, configured once: contextvars, levels, secret scrubbing, JSON or console output.
 
+Every line of the process goes through here: structlog's own events, and the records of
+stdlib loggers (aiosmtpd, asyncio, httpx, aiohttp), which ``configure`` routes through
+structlog's ``ProcessorFormatter`` so they get the same context, scrubbing and format.
+
 Per-session context (``session_id``, ``peer``) is bound with ``structlog.contextvars`` by
 the handler; every event logged while serving that session carries it. Each message gets
 one canonical ``message`` event (see ``handler``).
@@ -7,15 +11,18 @@ one canonical ``message`` event (see ``handler``).
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 import sys
+import threading
 from collections.abc import Iterable, MutableMapping
 from typing import Any, TextIO
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-__all__ = ["SecretScrubber", "configure", "get_logger"]
+__all__ = ["RecipientPrivacy", "SecretScrubber", "configure", "get_logger", "recipient_hash"]
 
 REDACTED = "[REDACTED]"
 _SECRET_KEYS = frozenset({"password", "api_key", "authorization", "secret", "auth_data"})
@@ -67,39 +74,182 @@ def configure(
     level: str = "info",
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
+    recipients: str = "plain",
 ) -> SecretScrubber:
-    """Configure structlog for the whole process; returns the scrubber to register secrets.
+    """Configure structlog and the stdlib's logging for the whole process; returns the
+    scrubber to register secrets with.
 
     ``fmt`` is ``json`` or ``console``; None picks console on a TTY and JSON otherwise.
+    Records of stdlib loggers (aiosmtpd, asyncio, httpx, aiohttp, warnings) are rendered by
+    the same processors, scrubber included, onto the same stream, one line each; they are
+    shown from WARNING up, or everything at ``level="debug"``. ``recipients`` is how
+    envelope recipients appear (``RELAY_LOG_RECIPIENTS``: plain, hash or none).
     """
     out = stream if stream is not None else sys.stderr
     fmt = fmt or ("console" if out.isatty() else "json")
     scrubber = SecretScrubber(secrets)
+    chain = _processors(fmt, scrubber, recipients)
     structlog.configure(
-        processors=_processors(fmt, scrubber),
+        processors=[*_SHARED, *chain],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
         logger_factory=structlog.WriteLoggerFactory(file=out),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(out, chain, logging.DEBUG if level == "debug" else _STDLIB_FLOOR.get(level))
     return scrubber
 
 
-def _processors(fmt: str, scrubber: SecretScrubber) -> list[Processor]:
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+_SHARED: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+_STDLIB_FLOOR = {"info": logging.WARNING, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+def _processors(fmt: str, scrubber: SecretScrubber, recipients: str) -> list[Processor]:
+    """What runs after the shared processors: tracebacks, privacy, scrubbing, rendering."""
     if fmt == "console":
         tracebacks: Processor = structlog.processors.format_exc_info
         renderer: Processor = structlog.dev.ConsoleRenderer(colors=False)
     else:
         tracebacks, renderer = (
-            structlog.processors.dict_tracebacks,
+            # Never the frames' local variables: they hold message content and secrets.
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            ),
             structlog.processors.JSONRenderer(),
         )
     # The scrubber runs last before rendering so that tracebacks are scrubbed too.
-    return [*shared, tracebacks, scrubber, renderer]
+    return [tracebacks, RecipientPrivacy(recipients), scrubber, renderer]
+
+
+class RecipientPrivacy:
+    """A processor showing envelope recipients (``to``, ``rcpt_tos``) plain, hashed or not.
+
+    ``hash``: ``sha256:`` and the first 16 hex digits of the SHA-256 of the lowercased
+    address, so one known address can still be found with grep; ``none`` drops the keys.
+    """
+
+    KEYS = ("to", "rcpt_tos")
+
+    def __init__(self, mode: str = "plain") -> None:
+        self.mode = mode
+
+    def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+        if self.mode == "plain":
+            return event
+        for key in self.KEYS:
+            if key in event:
+                if self.mode == "none":
+                    del event[key]
+                else:
+                    event[key] = _hashed(event[key])
+        return event
+
+
+def recipient_hash(address: str) -> str:
+    """How ``RELAY_LOG_RECIPIENTS=hash`` shows ``address``."""
+    return "sha256:" + hashlib.sha256(address.lower().encode("utf-8")).hexdigest()[:16]
+
+
+def _hashed(value: Any) -> Any:
+    if isinstance(value, str):
+        return recipient_hash(value)
+    if isinstance(value, list | tuple):
+        return [recipient_hash(str(v)) for v in value]
+    return value
+
+
+class _StdlibHandler(logging.Handler):
+    """Writes stdlib records through structlog's lock for ``out``: lines never interleave."""
+
+    def __init__(self, out: TextIO) -> None:
+        super().__init__()
+        self._out = structlog.WriteLogger(out)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._out.msg(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
+def _route_stdlib(out: TextIO, chain: list[Processor], level: int | None) -> None:
+    """Replace the root logger's handler from an earlier ``configure`` with one onto ``out``."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(handler)
+    handler = _StdlibHandler(out)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*_SHARED, _logger_name],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *chain],
+        )
+    )
+    handler.addFilter(_redact_unrecognised)
+    root.addHandler(handler)
+    root.setLevel(level if level is not None else logging.ERROR)
+    logging.captureWarnings(True)
+
+
+def _logger_name(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
+    record = event.get("_record")
+    if record is not None:
+        event["logger_name"] = record.name
+    return event
+
+
+_KNOWN_VERBS = frozenset({
+    "AUTH", "DATA", "EHLO", "EXPN", "HELO", "HELP", "MAIL", "NOOP", "QUIT", "RCPT", "RSET",
+    "STARTTLS", "VRFY", "ATRN", "BDAT", "CONNECT", "ETRN", "GET", "HEAD", "OPTIONS", "POST",
+    "PUT", "SAML", "SEND", "SOML", "TURN", "VERB", "XCLIENT", "XEXCH50", "XFORWARD", "XUSR",
+})  # fmt: skip
+_CLIENT_LINES = frozenset({"%r unrecognised: %s", "%r >> %r", "_handle_client readline: %r"})
+"""aiosmtpd's records that quote what the client sent (AUTH lines it masks itself)."""
+
+
+def _redact_unrecognised(record: logging.LogRecord) -> bool:
+    """A client line that is no known command is often AUTH data sent out of turn (base64
+    of a password): aiosmtpd's records quoting it show its length instead."""
+    if record.name != "mail.log" or not record.args:
+        return True
+    *rest, line = tuple(record.args)
+    text = line.decode("utf-8", "replace") if isinstance(line, bytes) else str(line)
+    if record.msg in _CLIENT_LINES and not _known_command(text):
+        record.args = (*rest, _redacted(text))
+    elif (
+        record.msg == "%r << %r"  # "500 Error: command "..." not recognized"
+        and (echo := _ECHOED.search(text))
+        and not _known_command(echo[1])
+    ):
+        record.args = (*rest, text.replace(echo[1], _redacted(echo[1])))
+    return True
+
+
+_ECHOED = re.compile(r'command "(.*)" not recognized')
+
+
+def _known_command(text: str) -> bool:
+    words = text.split(maxsplit=1)
+    return bool(words) and words[0].upper().split(":")[0] in _KNOWN_VERBS
+
+
+def _redacted(text: str) -> str:
+    return f"{REDACTED} ({len(text.strip())} characters)"
+
+
+def log_uncaught_exceptions() -> None:
+    """Log exceptions nothing caught (main thread, other threads) as ``crashed`` events."""
+    log = get_logger("relay")
+
+    def crashed(kind: type[BaseException], error: BaseException, tb: Any) -> None:
+        log.critical("crashed", exc_info=(kind, error, tb))
+
+    sys.excepthook = crashed
+    threading.excepthook = lambda args: crashed(
+        args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback
+    )
 
 
 def get_logger(name: str) -> Any:

@@ -10,7 +10,11 @@ message with the dynamic threshold and +73 MiB with it pinned (bench/README.md).
 
 ``pin_mmap_threshold`` pins it at 128 KiB with ``mallopt`` once at start-up, unless the
 operator set ``MALLOC_MMAP_THRESHOLD_`` (glibc's own variable, which then applies). On a
-C library without ``mallopt`` it does nothing.
+C library without ``mallopt`` it does nothing. The container image (``ENV``) and the
+systemd unit (``Environment=``) set ``MALLOC_MMAP_THRESHOLD_=131072`` instead, which
+glibc applies the same way (it also disables the dynamic threshold): four 16 MiB
+messages in a row measured the same either way, 116 MiB peak RSS and 52 MiB after, in
+three runs each. This call covers every other way of starting the relay.
 """
 
 from __future__ import annotations

@@ -1,54 +1,89 @@
-"""Prometheus metrics: a few counters, one histogram, callable gauges, text exposition.
+"""Prometheus metrics, with prometheus-client: one registry per ``RelayServer``.
 
-Hand-written (no dependency) and cheap on the hot path: recording is a dict update on
-the event loop's thread; gauges that describe state (sessions open, spool depth) are
-callables evaluated only when ``/metrics`` is scraped. One ``RelayMetrics`` belongs to
-one ``RelayServer`` (``server.metrics``), so relays in one process do not mix counts.
+Recording is a counter or histogram update on the event loop's thread; gauges that
+describe state are functions (``Gauge.set_function``) evaluated when ``/metrics`` is
+scraped. The spool's gauges read one ``SpoolStats`` snapshot taken by ``refresh()``,
+which the admin server awaits before each ``/metrics`` and ``/readyz``: a scrape costs one
+spool query, off the hot path. The process collector adds
+``process_resident_memory_bytes``, ``process_cpu_seconds_total``, ``process_open_fds``...
 
-Who records what:
+Who records what (each through a small hook, so the recording modules import nothing
+from here):
 
-- the handler calls ``message_done(reply)`` once per transaction, from the path that
-  writes the canonical ``message`` log line (``MessageObserver``);
-- ``MeteredTransport`` wraps the AhaSend client's httpx transport and records each
-  upstream request's latency and status code (or failure kind), and whether AhaSend was
-  reachable last time (``upstream_reachable``, used by ``/readyz``);
-- AUTH calls ``metrics.auth_failures.inc()`` on each failed attempt;
-- the spool calls ``metrics.register_spool(depth=..., oldest_age=..., healthy=...)``.
+- the handler calls ``message_done`` once per transaction, from the path that writes the
+  canonical ``message`` log line, and ``refused`` for a RCPT it refuses (``MessageObserver``);
+- the guard calls ``refused`` for refusals before DATA (connect, MAIL) and
+  ``auth_failures.inc`` for each failed AUTH;
+- the dispatcher, the spool worker and the in-transaction retrier report spool flow and
+  retries (``relay.delivery.events.DeliveryEvents``);
+- ``MeteredTransport`` wraps the AhaSend client's httpx transport: each request's latency
+  and status code (or failure kind), and whether AhaSend was reachable last time
+  (``upstream_reachable``, used by ``/readyz``);
+- the open-session count and the spool's async stats reader are given at construction;
+  ``watch_readiness`` adds the readiness gauge;
+- ``circuit_open`` follows the upstream circuit breaker (``relay.delivery.circuit``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 
 from relay import __version__
+from relay.delivery.spool.base import SpoolStats
 from relay.ops.log import get_logger
+from relay.smtp import replies
 from relay.smtp.replies import Reply
 
-__all__ = [
-    "Counter",
-    "GaugeFunc",
-    "Histogram",
-    "MessageObserver",
-    "MeteredTransport",
-    "RelayMetrics",
-    "result_of",
-]
+__all__ = ["MessageObserver", "MeteredTransport", "RelayMetrics", "refusal_reason", "result_of"]
 
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: dashboards never use them
 log = get_logger("relay.upstream")
 PREFIX = "ahasend_relay_"
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-GaugeFunc = Callable[[], float | None]
+SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
+TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+KIB, MIB = 1024.0, 1024.0 * 1024
+SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * MIB, 20 * MIB)
+RESULTS = ("accepted", "deferred", "rejected")
+ROUTES = ("sent", "spooled", "dry_run")
+SPOOL_EVENTS = ("spooled", "delivered", "deferred", "dead")
+_REASONS = {
+    replies.CLIENT_NOT_ALLOWED: "network",
+    replies.AUTH_REQUIRED: "auth",
+    replies.AUTH_TOO_MANY_FAILURES: "auth",
+    replies.SENDER_NOT_ALLOWED: "sender",
+    replies.BAD_RECIPIENT_ADDRESS: "recipient",
+    replies.TOO_MANY_RECIPIENTS: "recipient",
+    replies.TOO_MANY_CONNECTIONS: "connections",
+    replies.PEER_RATE_EXCEEDED: "rate",
+}
+REFUSAL_REASONS = (*dict.fromkeys(_REASONS.values()), "other")
 
 
 class MessageObserver(Protocol):
-    """What the handler reports each transaction's outcome to."""
+    """What the handler reports each transaction's outcome, and each RCPT refusal, to."""
 
-    def message_done(self, reply: Reply) -> None: ...
+    def message_done(
+        self, reply: Reply, *, seconds: float, size: int, spooled: bool, sent: bool
+    ) -> None: ...
+
+    def refused(self, reply: Reply) -> None: ...
 
 
 def result_of(reply: Reply) -> str:
@@ -58,124 +93,175 @@ def result_of(reply: Reply) -> str:
     return "deferred" if reply.code < 500 else "rejected"
 
 
-class Counter:
-    """A monotonically increasing count per label combination."""
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        self.name, self.help, self.labels = name, help_text, tuple(labels)
-        self._values: dict[tuple[str, ...], float] = {} if labels else {(): 0.0}
-
-    def inc(self, *label_values: str, amount: float = 1.0) -> None:
-        """Add ``amount`` to the series named by ``label_values`` (one per label)."""
-        self._values[label_values] = self._values.get(label_values, 0.0) + amount
-
-    def value(self, *label_values: str) -> float:
-        return self._values.get(label_values, 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield from _header(self.name, self.help, "counter")
-        for values, count in sorted(self._values.items()):
-            yield f"{self.name}{_labels(self.labels, values)} {_number(count)}"
-
-
-class Histogram:
-    """Observations counted into cumulative ``le`` buckets, with their sum and count."""
-
-    def __init__(self, name: str, help_text: str, buckets: Sequence[float]) -> None:
-        self.name, self.help = name, help_text
-        self.buckets = tuple(sorted(buckets))
-        self._counts = [0] * (len(self.buckets) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        index = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-        self._counts[index] += 1
-        self.sum += value
-        self.count += 1
-
-    def render(self) -> Iterable[str]:
-        yield from _header(self.name, self.help, "histogram")
-        cumulative = 0
-        for bound, count in zip((*self.buckets, math.inf), self._counts, strict=True):
-            cumulative += count
-            yield f'{self.name}_bucket{{le="{_number(bound)}"}} {cumulative}'
-        yield f"{self.name}_sum {_number(self.sum)}"
-        yield f"{self.name}_count {self.count}"
-
-
-class Gauge:
-    """A value read from ``func`` at scrape time; no sample while ``func`` is unset/None."""
-
-    def __init__(self, name: str, help_text: str, func: GaugeFunc | None = None) -> None:
-        self.name, self.help, self.func = name, help_text, func
-
-    def render(self) -> Iterable[str]:
-        value = self.func() if self.func is not None else None
-        if value is None:
-            return
-        yield from _header(self.name, self.help, "gauge")
-        yield f"{self.name} {_number(value)}"
+def refusal_reason(reply: Reply) -> str:
+    """The ``reason`` label of a refusal before DATA."""
+    return _REASONS.get(reply, "other")
 
 
 class RelayMetrics:
     """Every metric of one relay, and ``render()`` for ``/metrics``."""
 
-    def __init__(self) -> None:
-        self.messages = Counter(
-            PREFIX + "messages_total",
-            "Transactions ended with DATA, by result and SMTP reply code.",
-            ("result", "code"),
+    def __init__(
+        self,
+        *,
+        sessions_open: Callable[[], int] | None = None,
+        spool_stats: SpoolStatsReader | None = None,
+    ) -> None:
+        """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
+        spool's stats (awaited by ``refresh``). Without them, those gauges are not exported."""
+        self.registry = registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=registry)
+        Info(PREFIX + "build", "Version of this relay.", registry=registry).info(
+            {"version": __version__}
         )
+        self.messages = Counter(
+            PREFIX + "messages", "Transactions ended with DATA, by result and SMTP reply code.",
+            ("result", "code"), registry=registry,
+        )  # fmt: skip
+        self.accepted = _preset(Counter(
+            PREFIX + "messages_accepted",
+            "Transactions answered 2xx, by route: sent to AhaSend in the transaction, "
+            "spooled for later delivery, or dry run.", ("route",), registry=registry,
+        ), ROUTES)  # fmt: skip
+        self.transaction_seconds = Histogram(
+            PREFIX + "transaction_duration_seconds",
+            "Time from the end of DATA to the reply.", buckets=TRANSACTION_BUCKETS,
+            registry=registry,
+        )  # fmt: skip
+        self.message_size = Histogram(
+            PREFIX + "message_size_bytes", "Size of each message received with DATA.",
+            buckets=SIZE_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.refusals = _preset(Counter(
+            PREFIX + "refusals", "Refusals before DATA (connect, MAIL, RCPT), by reason.",
+            ("reason",), registry=registry,
+        ), REFUSAL_REASONS)  # fmt: skip
+        self.auth_failures = Counter(
+            PREFIX + "auth_failures", "Failed SMTP AUTH attempts.", registry=registry
+        )
+        self._init_delivery(registry)
+        self.upstream_reachable: bool | None = None
+        self._spool_stats = spool_stats
+        self._snapshot: SpoolStats | None = None
+        if sessions_open is not None:
+            self._watch_sessions(sessions_open)
+        if spool_stats is not None:
+            self._watch_spool()
+
+    def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
             PREFIX + "upstream_request_duration_seconds",
             "Time from sending a request to AhaSend to its response headers.",
-            LATENCY_BUCKETS,
-        )
+            buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
         self.upstream_responses = Counter(
-            PREFIX + "upstream_responses_total",
+            PREFIX + "upstream_responses",
             "Requests to AhaSend by HTTP status, or timeout/unreachable when none came.",
-            ("status",),
-        )
-        self.auth_failures = Counter(PREFIX + "auth_failures_total", "Failed SMTP AUTH attempts.")
-        self.sessions_open = Gauge(PREFIX + "sessions_open", "SMTP sessions open now.")
-        self.spool_depth = Gauge(PREFIX + "spool_depth", "Messages waiting in the spool.")
-        self.spool_oldest_age = Gauge(
-            PREFIX + "spool_oldest_age_seconds", "Age of the oldest message in the spool."
-        )
-        self.upstream_reachable: bool | None = None
-        self.spool_healthy: Callable[[], bool] | None = None
+            ("status",), registry=registry,
+        )  # fmt: skip
+        self.retries = Counter(
+            PREFIX + "retries", "Retries of a request inside the SMTP transaction, by error.",
+            ("error",), registry=registry,
+        )  # fmt: skip
+        self.spool_events = _preset(Counter(
+            PREFIX + "spool_messages",
+            "Spool flow: requests spooled, delivered from the spool, deferred again, dead.",
+            ("event",), registry=registry,
+        ), SPOOL_EVENTS)  # fmt: skip
+        self.circuit_open = Gauge(
+            PREFIX + "circuit_open",
+            "1 while the upstream circuit breaker is open.",
+            registry=registry,
+        )  # fmt: skip
 
-    def message_done(self, reply: Reply) -> None:
-        """Count one transaction's final reply (the handler's MessageObserver hook)."""
-        self.messages.inc(result_of(reply), str(reply.code))
-
-    def register_spool(
-        self, *, depth: GaugeFunc, oldest_age: GaugeFunc, healthy: Callable[[], bool]
+    # -- hooks ------------------------------------------------------------------------
+    def message_done(
+        self, reply: Reply, *, seconds: float, size: int, spooled: bool, sent: bool
     ) -> None:
-        """Let the spool report its depth, oldest age (seconds) and health at scrape time."""
-        self.spool_depth.func, self.spool_oldest_age.func = depth, oldest_age
-        self.spool_healthy = healthy
+        """One transaction's final reply, duration and size (the handler's hook)."""
+        result = result_of(reply)
+        self.messages.labels(result, str(reply.code)).inc()
+        if result == "accepted":
+            self.accepted.labels("spooled" if spooled else "sent" if sent else "dry_run").inc()
+        self.transaction_seconds.observe(seconds)
+        self.message_size.observe(size)
+
+    def refused(self, reply: Reply) -> None:
+        """One refusal before DATA."""
+        self.refusals.labels(refusal_reason(reply)).inc()
+
+    def retried(self, error: str) -> None:
+        """One in-transaction retry after ``error`` (an exception class name)."""
+        self.retries.labels(error).inc()
+
+    def circuit_changed(self, is_open: bool) -> None:
+        """The upstream circuit breaker opened or closed (the ``circuit_open`` gauge)."""
+        self.circuit_open.set(1.0 if is_open else 0.0)
+
+    def spool_event(self, event: str) -> None:
+        """A request ``spooled``, ``delivered``, ``deferred`` or ``dead``."""
+        self.spool_events.labels(event).inc()
 
     def record_upstream(self, status: str, seconds: float | None, reachable: bool) -> None:
         """One upstream request: its status label, its latency when it got an answer."""
-        self.upstream_responses.inc(status)
+        self.upstream_responses.labels(status).inc()
         if seconds is not None:
             self.upstream_latency.observe(seconds)
         self.upstream_reachable = reachable
 
+    # -- gauges -----------------------------------------------------------------------
+    def _watch_sessions(self, count: Callable[[], int]) -> None:
+        """Export ``count()`` as the number of SMTP sessions open."""
+        gauge = Gauge(PREFIX + "sessions_open", "SMTP sessions open now.", registry=self.registry)
+        gauge.set_function(count)
+
+    def watch_readiness(self, ready: Callable[[], bool]) -> None:
+        """Export ``ready()`` (what ``/readyz`` answers) as 1 or 0, for alerting."""
+        gauge = Gauge(PREFIX + "ready", "1 while /readyz answers 200.", registry=self.registry)
+        gauge.set_function(lambda: float(ready()))
+
+    def _watch_spool(self) -> None:
+        """Export the spool's depth, oldest age and dead letters from the last snapshot."""
+        for name, help_text, field in (
+            ("spool_depth", "Messages waiting in the spool.", "queued"),
+            ("spool_oldest_age_seconds", "Age of the oldest message in the spool.",
+             "oldest_age"),
+            ("spool_dead", "Dead letters in the spool (given up on, kept for queue retry).",
+             "dead"),
+        ):  # fmt: skip
+            gauge = Gauge(PREFIX + name, help_text, registry=self.registry)
+            gauge.set_function(functools.partial(self._spool_value, field))
+
+    @property
+    def spool_healthy(self) -> bool | None:
+        """Whether the spool answered the last ``refresh`` (None without a spool)."""
+        return None if self._spool_stats is None else self._snapshot is not None
+
+    async def refresh(self) -> None:
+        """Read the spool's stats for the scrape (or readiness check) about to happen."""
+        if self._spool_stats is None:
+            return
+        try:
+            self._snapshot = await self._spool_stats()
+        except Exception:  # an unreadable spool: NaN gauges, /readyz says why
+            log.warning("spool_stats_failed", exc_info=True)
+            self._snapshot = None
+
+    def _spool_value(self, field: str) -> float:
+        if self._snapshot is None:
+            return math.nan
+        return float(getattr(self._snapshot, field))
+
     def render(self) -> str:
         """The Prometheus text exposition format (version 0.0.4)."""
-        lines = [
-            *_header(PREFIX + "build_info", "Version of this relay.", "gauge"),
-            f'{PREFIX}build_info{{version="{__version__}"}} 1',
-        ]
-        for metric in (
-            self.messages, self.upstream_responses, self.upstream_latency, self.auth_failures,
-            self.sessions_open, self.spool_depth, self.spool_oldest_age,
-        ):  # fmt: skip
-            lines.extend(metric.render())
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode("utf-8")
+
+
+def _preset(counter: Counter, values: tuple[str, ...]) -> Counter:
+    """``counter`` with a zero series per label value, so rates exist from the start."""
+    for value in values:
+        counter.labels(value)
+    return counter
 
 
 class MeteredTransport(httpx.AsyncBaseTransport):
@@ -210,24 +296,3 @@ class MeteredTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-
-def _header(name: str, help_text: str, kind: str) -> tuple[str, str]:
-    return f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"
-
-
-def _labels(names: Sequence[str], values: Sequence[str]) -> str:
-    if not names:
-        return ""
-    pairs = ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-    return "{" + pairs + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _number(value: float) -> str:
-    if value == math.inf:
-        return "+Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))

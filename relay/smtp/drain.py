@@ -1,14 +1,19 @@
-"""Sessions a server can drain at shutdown, and the refusal new connections get meanwhile."""
+"""Shutdown: the refusal new connections get, and the wait for the sessions in progress.
+
+A ``RelaySession`` drains itself (``RelaySession.drain``: ``421 4.3.2`` between
+transactions, or after the one in progress); ``finish_sessions`` waits for them.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any, cast
+from collections.abc import Iterable
+from typing import cast
 
-from relay.smtp.guard import GuardedSMTP
 from relay.smtp.replies import SERVICE_NOT_AVAILABLE
+from relay.smtp.session import RelaySession
 
-__all__ = ["Refuser", "TrackedSMTP", "finish_sessions"]
+__all__ = ["Refuser", "finish_sessions"]
 
 
 class Refuser(asyncio.Protocol):
@@ -21,9 +26,9 @@ class Refuser(asyncio.Protocol):
         writer.close()
 
 
-async def finish_sessions(sessions: set[TrackedSMTP], grace: float) -> int:
+async def finish_sessions(sessions: Iterable[RelaySession], grace: float) -> int:
     """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them."""
-    tasks = [t for s in sessions if (t := s._handler_coroutine) is not None]
+    tasks = [t for s in sessions if (t := s.task) is not None]
     if not tasks:
         return 0
     _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -31,42 +36,3 @@ async def finish_sessions(sessions: set[TrackedSMTP], grace: float) -> int:
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     return len(pending)
-
-
-class TrackedSMTP(GuardedSMTP):
-    """A session that leaves its server's registry when its connection closes.
-
-    ``drain`` (shutdown) closes it with 421 at once if it is between transactions, or
-    right after the transaction in progress ends (DATA answered, or RSET).
-    """
-
-    def __init__(self, handler: Any, registry: set[TrackedSMTP], **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
-        self._registry = registry
-        self._draining = False
-
-    def drain(self) -> None:
-        self._draining = True
-        if self.envelope is None or self.envelope.mail_from is None:
-            self._refuse()
-
-    async def smtp_DATA(self, arg: str) -> None:
-        await super().smtp_DATA(arg)
-        if self._draining:
-            self._refuse()
-
-    async def smtp_RSET(self, arg: str) -> None:
-        await super().smtp_RSET(arg)
-        if self._draining:
-            self._refuse()
-
-    def _refuse(self) -> None:
-        """Send ``421 4.3.2`` and close (the write is flushed before the close)."""
-        transport = cast(asyncio.WriteTransport | None, self.transport)  # uvloop's too
-        if transport is not None and not transport.is_closing():
-            transport.write(f"{SERVICE_NOT_AVAILABLE}\r\n".encode("ascii"))
-            transport.close()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        super().connection_lost(error)
-        self._registry.discard(self)

@@ -1,7 +1,8 @@
 """The aiosmtpd hooks: thin glue between the SMTP session and the pure core.
 
 ``handle_DATA`` is the recipe: translate the message, derive its Idempotency-Keys, hand
-each request to the ``Sender``, turn the outcome into one reply from ``replies``, and
+the requests to the ``Dispatcher`` (with the ``Submission`` its router picks the route
+by: envelope, client address, AUTH user), turn the outcome into one reply from ``replies``, and
 log one canonical ``message`` event. Nothing here parses MIME or speaks HTTP.
 """
 
@@ -17,10 +18,13 @@ import structlog
 from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery.dispatch import Dispatcher
-from relay.delivery.sender import Delivery, Sender
+from relay.delivery.route import Submission
+from relay.delivery.sender import Delivery
+from relay.delivery.tenants import Tenant, allowed_domains, apply_tenant
 from relay.errors import RelayError
 from relay.ops.log import get_logger
 from relay.ops.metrics import MessageObserver
+from relay.smtp.auth import AuthUser, authenticated_user
 from relay.smtp.policy import SenderPolicy, with_payloads
 from relay.smtp.replies import (
     BAD_RECIPIENT_ADDRESS,
@@ -30,6 +34,8 @@ from relay.smtp.replies import (
     PARTIALLY_QUEUED,
     QUEUED,
     QUEUED_FOR_DELIVERY,
+    RECIPIENT_NOT_ALLOWED,
+    SENDER_NOT_ALLOWED,
     TOO_MANY_RECIPIENTS,
     Reply,
     reply_for,
@@ -56,22 +62,22 @@ class _Record:
 
 
 class RelayHandler:
-    """aiosmtpd handler that forwards each message through ``sender``."""
+    """aiosmtpd handler that forwards each message through ``dispatcher``."""
 
     def __init__(
         self,
-        sender: Sender,
+        dispatcher: Dispatcher,
         *,
         max_recipients: int = 50,
         accepted_reply: Reply = QUEUED,
         clock: Callable[[], float] = time.perf_counter,
         sender_policy: SenderPolicy | None = None,
         observer: MessageObserver | None = None,
-        dispatcher: Dispatcher | None = None,
+        tenant_of: Callable[[str | None, str], Tenant | None] | None = None,
     ) -> None:
+        self._tenant_of = tenant_of
         self._observer = observer
-        self._sender = sender
-        self._dispatcher = dispatcher if dispatcher is not None else Dispatcher(sender)
+        self._dispatcher = dispatcher
         self._max_recipients = max_recipients
         self._accepted_reply = accepted_reply
         self._clock = clock
@@ -87,6 +93,9 @@ class RelayHandler:
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, mail_options: list[str]
     ) -> str:
+        tenant = self._tenant(server, session)
+        if tenant is not None and not self._mail_from_allowed(address, session, tenant):
+            return self._refuse(SENDER_NOT_ALLOWED)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return str(OK_SENDER)
@@ -96,25 +105,38 @@ class RelayHandler:
     ) -> str:
         """Accept ``address`` unless the transaction is full or it has no domain (postmaster)."""
         if not usable_recipient(address):
-            return str(BAD_RECIPIENT_ADDRESS)
+            return self._refuse(BAD_RECIPIENT_ADDRESS)
         if len(envelope.rcpt_tos) >= self._max_recipients:
-            return str(TOO_MANY_RECIPIENTS)
+            return self._refuse(TOO_MANY_RECIPIENTS)
+        tenant = self._tenant(server, session)
+        if tenant is not None and not tenant.recipient_allowed(address):
+            return self._refuse(RECIPIENT_NOT_ALLOWED)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.append(rcpt_options)
         return str(OK_RECIPIENT)
 
+    def _refuse(self, reply: Reply) -> str:
+        if self._observer is not None:
+            self._observer.refused(reply)
+        return str(reply)
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Deliver the message; the request id ties its log lines together."""
         with structlog.contextvars.bound_contextvars(request_id=request_id(server)):
-            return await self._deliver(server, envelope)
+            return await self._deliver(server, session, envelope)
 
-    async def _deliver(self, server: Any, envelope: Any) -> str:
+    async def _deliver(self, server: Any, session: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
         raw: bytes = envelope.content
-        record.add(mail_from=envelope.mail_from, rcpt_count=len(envelope.rcpt_tos), size=len(raw))
+        record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
+                   rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
-            translated = self._vet_sender(translated, server)
+            record.add(msgid=translated.message_id)
+            tenant = self._tenant(server, session)
+            if tenant is not None:
+                record.add(tenant=tenant.name)
+            translated = self._vet_sender(translated, authenticated_user(session), tenant)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
                 len(translated.payloads),
@@ -124,7 +146,8 @@ class RelayHandler:
             record.add(attachments=translated.attachment_count, idempotency_keys=keys)
             if translated.notices:  # e.g. signature_removed: what the recipient will not get
                 record.add(notices=list(translated.notices))
-            deliveries = await self._send_all(translated, keys, envelope, record)
+            submission = _submission(server, session, envelope)
+            deliveries = await self._send_all(translated, keys, submission, record)
             reply = self._reply_for_deliveries(deliveries)
         except RelayError as exc:
             reply = reply_for(exc)
@@ -134,9 +157,14 @@ class RelayHandler:
             reply = LOCAL_ERROR
             record.add(error="InternalError")
         server.transactions = getattr(server, "transactions", 0) + 1
-        self._log_message(record, reply, started)
+        seconds = self._clock() - started
+        self._log_message(record, reply, seconds)
         if self._observer is not None:
-            self._observer.message_done(reply)
+            self._observer.message_done(
+                reply, seconds=seconds, size=record.fields["size"],
+                spooled=bool(record.fields.get("spooled")),
+                sent=record.fields.get("upstream_status") is not None,
+            )  # fmt: skip
         return str(reply)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -152,15 +180,32 @@ class RelayHandler:
         log.error("internal_error", exc_info=error)
         return str(LOCAL_ERROR)
 
-    def _vet_sender(self, translated: Translated, server: Any) -> Translated:
-        """Apply the sender policy (``relay.smtp.policy``): From rewritten, or SenderRefused."""
+    def _tenant(self, server: Any, session: Any) -> Tenant | None:
+        """The session's tenant (AUTH user, then network); None without tenants."""
+        if self._tenant_of is None:
+            return None
+        user = authenticated_user(session)
+        client = getattr(getattr(server, "client", None), "address", "")
+        return self._tenant_of(user.name if user is not None else None, client)
+
+    def _mail_from_allowed(self, address: str, session: Any, tenant: Tenant) -> bool:
+        """The tenant's sender domains at MAIL (the relay-wide rules ran before)."""
         if self._sender_policy is None:
-            return translated
-        client = getattr(server, "client", None)
-        user = getattr(client, "user", None)
-        domains = user.sender_domains if user is not None else None
-        payloads = self._sender_policy.vet(translated.payloads, domains)
-        return with_payloads(translated, payloads)
+            return True
+        user = authenticated_user(session)
+        domains = allowed_domains(user.sender_domains if user is not None else None, tenant)
+        return self._sender_policy.mail_from_allowed(address, domains)
+
+    def _vet_sender(
+        self, translated: Translated, user: AuthUser | None, tenant: Tenant | None = None
+    ) -> Translated:
+        """Apply the sender policy (``relay.smtp.policy``): From rewritten, or SenderRefused;
+        then the tenant's tags and forced sandbox (``relay.delivery.tenants.apply_tenant``)."""
+        payloads = translated.payloads
+        if self._sender_policy is not None:
+            domains = allowed_domains(user.sender_domains if user is not None else None, tenant)
+            payloads = self._sender_policy.vet(payloads, domains)
+        return with_payloads(translated, [apply_tenant(p, tenant) for p in payloads])
 
     async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
         if len(raw) > OFFLOAD_SIZE:
@@ -168,7 +213,7 @@ class RelayHandler:
         return translate(raw, mail_from, rcpt_tos)
 
     async def _send_all(
-        self, translated: Translated, keys: Sequence[str], envelope: Any, record: _Record
+        self, translated: Translated, keys: Sequence[str], submission: Submission, record: _Record
     ) -> list[Delivery]:
         """Serialise every request, then send them through the dispatcher.
 
@@ -179,9 +224,7 @@ class RelayHandler:
         bodies = []
         while translated.payloads:
             bodies.append(serialise(translated.payloads.pop(0)))
-        deliveries = await self._dispatcher.send_all(
-            bodies, keys, envelope.mail_from, envelope.rcpt_tos
-        )
+        deliveries = await self._dispatcher.send_all(bodies, keys, submission)
         record.add(
             spooled=[d.spool_id for d in deliveries if d.spooled],
             upstream_status=deliveries[-1].status,
@@ -206,11 +249,23 @@ class RelayHandler:
         more = f" (+{len(ids) - 1} more)" if len(ids) > 1 else ""
         return self._accepted_reply.with_detail(ids[0] + more)
 
-    def _log_message(self, record: _Record, reply: Reply, started: float) -> None:
-        latency_ms = round((self._clock() - started) * 1000, 2)
+    def _log_message(self, record: _Record, reply: Reply, seconds: float) -> None:
+        latency_ms = round(seconds * 1000, 2)
         level = log.info if reply.code < 400 else log.warning
         level("message", reply=reply.code, enhanced=reply.enhanced, latency_ms=latency_ms,
               **record.fields)  # fmt: skip
+
+
+def _submission(server: Any, session: Any, envelope: Any) -> Submission:
+    """The transaction as the router sees it: envelope, client address, AUTH user."""
+    client = getattr(server, "client", None)
+    user = authenticated_user(session)
+    return Submission(
+        mail_from=envelope.mail_from,
+        rcpt_tos=tuple(envelope.rcpt_tos),
+        client=getattr(client, "address", ""),
+        user=user.name if user is not None else None,
+    )
 
 
 def request_id(server: Any) -> str:

@@ -1,7 +1,7 @@
 """Who may send, and as whom: client networks, sender domains, and the From rewrite.
 
-Pure rules, no I/O. The session layer (``relay.smtp.guard``) asks them at connect, MAIL and
-DATA time; the handler runs ``SenderPolicy.vet`` on the translated payloads before any
+Pure rules, no I/O. The access rules (``relay.smtp.access``) ask them at connect and MAIL
+time; the handler runs ``SenderPolicy.vet`` on the translated payloads before any
 API call.
 
 Sender rule (the same for the relay-wide list and for an AUTH user's own list):
@@ -26,10 +26,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
+import idna
+
 from relay.config import Network
 from relay.errors import SenderRefused
 
-__all__ = ["SenderPolicy", "in_networks", "ip_of", "with_payloads"]
+__all__ = ["SenderPolicy", "format_peer", "in_networks", "ip_of", "with_payloads"]
 
 T = TypeVar("T")
 
@@ -38,6 +40,14 @@ def ip_of(address: Any) -> str:
     """The IP address (text) of a peer: an ``(host, port, ...)`` tuple or an address."""
     host = address[0] if isinstance(address, tuple) else address
     return str(host)
+
+
+def format_peer(peer: Any) -> str:
+    """A peer for the logs: ``host:port``, ``[v6]:port``, or the value as text."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        host, port = peer[0], peer[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(peer)
 
 
 def in_networks(address: str, networks: Sequence[Network]) -> bool:
@@ -52,9 +62,25 @@ def in_networks(address: str, networks: Sequence[Network]) -> bool:
 
 
 def domain_of(address: str) -> str:
-    """The lowercased domain of ``local@domain`` ('' when there is none)."""
+    """The comparable domain of ``local@domain`` ('' when there is none); see ``comparable``."""
     _, at, domain = address.rpartition("@")
-    return domain.lower().rstrip(".") if at else ""
+    return comparable(domain) if at else ""
+
+
+def comparable(domain: str) -> str:
+    """``domain`` as compared with allow-lists: ASCII case folded only, after IDNA (2008).
+
+    ``str.lower`` would fold look-alikes (U+212A KELVIN SIGN to ``k``), so only ASCII letters
+    are folded; a non-ASCII name becomes its strict IDNA A-label (``xn--…``, no UTS 46
+    mapping), and one IDNA refuses stays as written: a different domain from any ASCII one.
+    """
+    domain = domain.rstrip(".")
+    if domain.isascii():
+        return domain.lower()
+    try:
+        return idna.encode(domain, uts46=False).decode("ascii").lower()
+    except idna.IDNAError:
+        return domain
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from relay.errors import (
     MessageEncrypted,
     MessageTooLarge,
     MessageUnparseable,
+    NoTenant,
     NothingQueued,
     PermanentError,
     RelayError,
@@ -37,6 +38,7 @@ from relay.errors import (
 )
 
 __all__ = [
+    "RECIPIENT_NOT_ALLOWED",
     "REPLY_FOR",
     "Reply",
     "reply_for",
@@ -93,7 +95,7 @@ TOO_LARGE: Final = Reply(552, "5.3.4", "Message too big for system")
 SERVICE_NOT_AVAILABLE: Final = Reply(421, "4.3.2", "Service shutting down, try again later")
 LOCAL_ERROR: Final = Reply(451, "4.3.0", "Local error in processing, try again later")
 
-# -- replies of the security layer (relay.smtp.guard, relay.smtp.policy) ---------------------
+# -- replies of the security layer (relay.smtp.access, relay.smtp.session) -----------------
 AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
 AUTH_INVALID: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_REQUIRED: Final = Reply(530, "5.7.0", "Authentication required")
@@ -104,11 +106,29 @@ AUTH_NOT_ENABLED: Final = Reply(503, "5.5.1", "Authentication not enabled")
 AUTH_TOO_MANY_FAILURES: Final = Reply(421, "4.7.0", "Too many failed authentication attempts")
 CLIENT_NOT_ALLOWED: Final = Reply(554, "5.7.1", "Access denied: client not allowed")
 SENDER_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Sender address not allowed")
+RECIPIENT_NOT_ALLOWED: Final = Reply(550, "5.7.1", "Recipient not allowed")
 TOO_MANY_CONNECTIONS: Final = Reply(421, "4.7.0", "Too many connections, try again later")
 PEER_RATE_EXCEEDED: Final = Reply(
     421, "4.7.0", "Too many connections from your address, try again later"
 )
+CLIENT_CONNECTIONS_EXCEEDED: Final = Reply(
+    421, "4.7.0", "Too many concurrent connections from your address, try again later"
+)
+TOO_MANY_JUNK_COMMANDS: Final = Reply(
+    421, "4.7.0", "Too many commands without a transaction, closing connection"
+)
+TLS_ALREADY_ACTIVE: Final = Reply(554, "5.5.1", "TLS already active")
 TIMEOUT: Final = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
+AUTH_BAD_BASE64: Final = Reply(501, "5.5.2", "Can't decode base64")
+AUTH_CANNOT_SPLIT: Final = Reply(501, "5.5.2", "Can't split auth value")
+
+# -- DATA, as aiosmtpd words it (relay.smtp.session reads DATA itself) ---------------------
+START_DATA: Final = "354 End data with <CR><LF>.<CR><LF>"
+"""The go-ahead for the content: an intermediate reply, so no enhanced code (RFC 2034 §4)."""
+NEED_RCPT: Final = Reply(503, "5.5.1", "need RCPT command")
+DATA_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: DATA")
+DATA_LINE_TOO_LONG: Final = Reply(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
+TOO_MUCH_DATA: Final = Reply(552, "5.3.4", "Too much mail data")
 
 # -- the single outcome table ----------------------------------------------------------
 
@@ -134,6 +154,7 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     UpstreamForbidden: Reply(550, "5.7.1", "Sending not permitted by AhaSend"),
     NothingQueued: Reply(554, "5.0.0", "AhaSend queued no recipient"),
     SenderRefused: Reply(550, "5.7.1", "Sender address not allowed"),
+    NoTenant: Reply(550, "5.7.1", "Access denied: no tenant for this client"),
     PermanentError: Reply(554, "5.0.0", "Message rejected"),
 }
 

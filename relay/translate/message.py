@@ -35,6 +35,7 @@ from relay.translate.addresses import (
 )
 from relay.translate.directives import PREFIX, directive_fields
 from relay.translate.headers import Headers, forwarded
+from relay.translate.hostile import harden
 from relay.translate.parts import EMPTY_BODY, Content
 from relay.translate.repair import mend_raw, mend_tree
 from relay.translate.tree import PARSE_ERRORS, charset, content_type, feed, subparts
@@ -76,7 +77,7 @@ def translate(raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Translated
     if headers := forwarded(heads):
         base["headers"] = headers
     base.update(directive_fields(heads.prefixed(PREFIX)))
-    payloads = addressed(base, heads, recipients)
+    payloads = [harden(payload) for payload in addressed(base, heads, recipients)]
     count = len(fields.get("attachments", ()))
     return Translated(payloads, heads.text("message-id") or None, count, tuple(content.notices))
 
