@@ -26,7 +26,7 @@ import re
 from email.message import Message
 from typing import Final
 
-from relay.translate.tree import boundary, feed, raw_header, raw_payload
+from relay.translate.tree import boundary, content_type, feed, raw_header, raw_payload
 
 __all__ = ["mend_raw", "mend_tree"]
 
@@ -127,7 +127,7 @@ def _reparse(part: Message) -> None:
     written = match.group(1) or match.group(2)
     if written == boundary(part) or f"--{written}" not in body:
         return
-    head = f'Content-Type: multipart/mixed; boundary="{written}"\r\n\r\n'
+    head = f'Content-Type: {content_type(part)}; boundary="{written}"\r\n\r\n'
     fixed = feed((head + body).encode("utf-8", "surrogateescape"))
     if fixed.is_multipart():
         part.set_payload(raw_payload(fixed))
