@@ -84,7 +84,7 @@ LABELLED = [
     (encoding, label)
     for encoding, labels in WHATWG_LABELS.items()
     for label in labels.split()
-    if encoding != "x-user-defined"  # no Python codec encodes it: tested in test_charsets
+    if encoding != "x-user-defined"  # no Python codec encodes it: see tests/test_charsets.py
 ]
 
 
