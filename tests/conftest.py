@@ -10,6 +10,8 @@ from tests.interop import Served, serving_process
 from tests.security_support import Certs, make_certs
 from tests.standin import StandIn
 
+pytest_plugins = ["tests.postgres"]
+
 
 @pytest.fixture
 def standin() -> Iterator[StandIn]:
