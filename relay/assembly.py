@@ -54,7 +54,15 @@ from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
 
-__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool", "reload_tenants"]
+__all__ = [
+    "Relay",
+    "assemble",
+    "build_sender",
+    "default_route",
+    "open_spool",
+    "preflight",
+    "reload_tenants",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +125,21 @@ async def assemble(
         spool=spool, worker=_worker(settings, spool, router, policy, metrics),
         admin=_admin_server(settings, metrics, listening), stop_retrying=stop_retrying,
     )  # fmt: skip
+
+
+async def preflight(settings: Settings) -> None:
+    """Every check ``assemble`` makes before the relay listens, opening nothing for good.
+
+    The users file and TLS files (``Guard.from_settings``), the tenants file and its key
+    files, and the spool (opened, so created if missing, then closed). Raises what
+    ``serve`` would fail with: ConfigError (exit 78) or SpoolUnavailable (exit 73). The
+    settings' own cross-checks ran when ``settings`` was built.
+    """
+    guard = Guard.from_settings(settings)
+    if settings.relay_tenants_file is not None:
+        load_tenants_of(settings, guard)
+    async with AsyncExitStack() as resources:
+        await open_spool(settings, resources)
 
 
 async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBackend | None:

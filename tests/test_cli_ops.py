@@ -80,7 +80,7 @@ def test_check_config_prints_a_masked_summary(standin: StandIn) -> None:
     result = run_cli("check-config", **standin_env(standin, RELAY_PORT="2600"))
     assert result.returncode == EX_OK, result.stderr
     lines = result.stdout.splitlines()
-    assert f"AHASEND_API_KEY=[set, {len(standin.api_key)} characters]" in lines
+    assert "AHASEND_API_KEY=[set]" in lines
     assert f"AHASEND_ACCOUNT_ID={standin.account_id}" in lines
     assert "RELAY_PORT=2600" in lines
     assert "RELAY_METRICS_PORT=" in lines
@@ -276,6 +276,6 @@ def test_serve_with_the_metrics_port_taken_exits_71() -> None:
 
 def test_summary_masks_secret_settings() -> None:
     shown = dict(summary(Settings(ahasend_api_key="aha-sk-abc", ahasend_account_id=OTHER_ACCOUNT)))
-    assert shown["AHASEND_API_KEY"] == "[set, 10 characters]"
+    assert shown["AHASEND_API_KEY"] == "[set]"
     assert shown["AHASEND_ACCOUNT_ID"] == OTHER_ACCOUNT
     assert "NOTIFY_SOCKET" not in shown

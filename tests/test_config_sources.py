@@ -171,7 +171,7 @@ def test_api_key_from_a_file(tmp_path: Path) -> None:
     secret.write_text(KEY + "\n")
     result = run_cli("check-config", AHASEND_API_KEY_FILE=str(secret), **BASE)
     assert result.returncode == 0, result.stderr
-    assert f"AHASEND_API_KEY=[set, {len(KEY)} characters]" in result.stdout.splitlines()
+    assert "AHASEND_API_KEY=[set]" in result.stdout.splitlines()
     assert "AHASEND_API_KEY_FILE" not in result.stdout
     assert KEY not in result.stdout + result.stderr
 

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from relay import __version__
-from relay.assembly import build_sender
+from relay.assembly import build_sender, preflight
 from relay.cli.queue import add_queue_commands, run_queue_command
 from relay.cli.tenants_check import check_tenants_online
 from relay.config import Settings, load_settings
@@ -272,10 +272,17 @@ def client_settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """Print the validated settings; with --online, prove the credentials with AhaSend."""
+    """Print the validated settings, then run every start-up check ``serve`` runs (exit
+    status as ``serve`` would fail: 78, or 73 for the spool); with --online, prove the
+    credentials with AhaSend."""
     settings = load_settings(args.env_file)
     for name, value in summary(settings):
         print(f"{name}={value}")
+    try:
+        asyncio.run(preflight(settings))
+    except SpoolUnavailable as exc:
+        print(f"ahasend-relay: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
     if not args.online:
         print("configuration OK")
         return EX_OK
@@ -296,7 +303,7 @@ def _shown(name: str, value: Any) -> str:
         value = value.get_secret_value()
     elif not _SECRET_NAME.search(name):
         return "" if value is None else str(value)
-    return f"[set, {len(str(value))} characters]" if value else "[unset]"
+    return "[set]" if value else "[unset]"
 
 
 _SECRET_NAME = re.compile(r"key|secret|password|token", re.IGNORECASE)
