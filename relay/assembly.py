@@ -168,14 +168,16 @@ def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sen
 
 
 def _metered_transport(
-    metrics: RelayMetrics, choice: str, connections: int = MAX_CONNECTIONS
+    metrics: RelayMetrics, choice: str, tenant: str = DEFAULT_ROUTE
 ) -> MeteredTransport:
-    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered."""
-    inner = build_transport(choice, connections)
+    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered as ``tenant``'s."""
+    inner = build_transport(choice, MAX_CONNECTIONS)
     if inner is None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        limits = httpx.Limits(
+            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
+        )
         inner = httpx.AsyncHTTPTransport(limits=limits)
-    return MeteredTransport(metrics, inner)
+    return MeteredTransport(metrics, inner, tenant=tenant)
 
 
 def default_route(
@@ -307,7 +309,7 @@ def tenant_sender(settings: Settings, tenant: Tenant, metrics: RelayMetrics) -> 
         api_key=tenant.api_key,
         account_id=tenant.account_id,
         timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport),
+        transport=_metered_transport(metrics, settings.ahasend_api_transport, tenant.name),
     )
 
 

@@ -46,6 +46,16 @@ class RunningRelay:
         """Run ``coro`` on the relay's loop and return its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def reload(self) -> None:
+        """SIGHUP's work (``RelayServer.reload``), on the relay's loop as the signal runs it."""
+        assert self.server is not None
+        server = self.server
+
+        async def reload() -> None:
+            server.reload()
+
+        self.call(reload())
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.server is not None:
             self.call(self.server.stop(grace=timeout), timeout + 10)

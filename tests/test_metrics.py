@@ -39,8 +39,11 @@ def parse(text: str) -> dict[Key, float]:
 
 
 def value(text: str, name: str, **labels: str) -> float | None:
-    """The sample ``name{labels}`` of an exposition, or None when it is absent."""
-    return parse(text).get((name, frozenset(labels.items())))
+    """The samples ``name{labels}`` of an exposition summed over the labels not given
+    (PromQL's ``sum``), or None when none is present."""
+    wanted = set(labels.items())
+    found = [v for (n, have), v in parse(text).items() if n == name and wanted <= have]
+    return sum(found) if found else None
 
 
 def names(text: str) -> set[str]:

@@ -293,7 +293,7 @@ def test_reload_rereads_the_users_file(standin: StandIn, certs: Certs, users: Pa
         port = relay.server.smtps_port
         assert port is not None
         users.write_text(f"newbie:{hash_password('fresh', 'bcrypt')}\n")
-        relay.server.reload()
+        relay.reload()
         with smtplib.SMTP_SSL("127.0.0.1", port, context=certs.client_context()) as client:
             with pytest.raises(smtplib.SMTPAuthenticationError):
                 client.login("app", PASSWORD)

@@ -11,6 +11,7 @@ import smtplib
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,16 @@ import bcrypt
 import pytest
 import structlog.testing
 
+from relay.delivery.tenant_router import TenantRouter
 from relay.delivery.tenants import Tenants, load_tenants
 from relay.errors import ConfigError
 from tests.harness import running_relay, settings_for
+from tests.metrics_support import scrape
 from tests.ops_support import run_cli, standin_env
 from tests.security_support import Certs
 from tests.standin import Scripted, StandIn
+from tests.test_metrics import parse
+from tests.test_metrics import value as sample
 
 PASSWORD = "tenant-pa55word"
 APPS = ("crm", "billing", "scanner")
@@ -458,11 +463,11 @@ def test_reload_adds_a_tenant_rotates_a_key_and_keeps_the_old_file_when_broken(
         standin.grant(rotated.key, rotated.account)
         standin.revoke(crm.key)
         write_tenants(tmp_path, [tenant_table(tmp_path, rotated), tenant_table(tmp_path, billing)])
-        relay.server.reload()
+        relay.reload()
         assert send(relay.port, "billing")[0] == 250
         assert send(relay.port, "crm")[0] == 250
         path.write_text("[[tenant]]\nname = 'crm'\naccount_id = 'broken'\n", encoding="utf-8")
-        relay.server.reload()
+        relay.reload()
         assert send(relay.port, "crm")[0] == 250
     assert [r.headers["authorization"] for r in standin.requests] == [
         f"Bearer {billing.key}", f"Bearer {rotated.key}", f"Bearer {rotated.key}",
@@ -501,7 +506,7 @@ def test_spooled_mail_takes_the_key_current_at_delivery_and_a_removed_tenants_di
         standin.grant(rotated.key, rotated.account)
         standin.revoke(crm.key)
         write_tenants(tmp_path, [tenant_table(tmp_path, rotated)])
-        relay.server.reload()
+        relay.reload()
         standin.wait_for(3, timeout=15)
         deadline = time.monotonic() + 15
         while (entry := relay.call(spool.get(2))).state != "dead":
@@ -565,3 +570,71 @@ def test_check_config_online_proves_every_tenant_one_line_each(
         f"tenant scanner: account {scanner.account} unknown to this key (404 account not found)",
     ]
     assert not any(a.key in result.stdout + result.stderr for a in (crm, billing, scanner))
+
+
+@pytest.mark.e2e
+def test_message_and_upstream_counters_carry_the_tenant(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    crm, billing = apps(2)
+    for app in (crm, billing):
+        standin.grant(app.key, app.account)
+    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm), tenant_table(tmp_path, billing)])
+    settings = relay_settings(standin, certs, tmp_path, path, relay_metrics_port=0)
+    standin.script(Scripted(202), Scripted(202), Scripted(422))
+    with running_relay(settings) as relay:
+        assert [send(relay.port, user)[0] for user in ("crm", "crm", "billing", "stranger")] == [
+            250, 250, 554, 250,
+        ]  # fmt: skip
+        text = scrape(relay)
+    for tenant, result, code, count in (
+        ("crm", "accepted", "250", 2), ("billing", "rejected", "554", 1),
+        ("default", "accepted", "250", 1),
+    ):  # fmt: skip
+        name = "ahasend_relay_messages_total"
+        messages = sample(text, name, tenant=tenant, result=result, code=code)
+        assert (messages, sample(text, name, tenant=tenant)) == (
+            count, count,
+        ), tenant  # fmt: skip
+    upstream = "ahasend_relay_upstream_responses_total"
+    assert sample(text, upstream, tenant="crm", status="202") == 2
+    assert sample(text, upstream, tenant="billing", status="422") == 1
+    assert sample(text, upstream, tenant="default", status="202") == 1
+    assert sample(text, "ahasend_relay_messages_accepted_total", tenant="crm", route="sent") == 2
+    tenants = {labels["tenant"] for labels in labelsets(text) if "tenant" in labels}
+    assert tenants == {"crm", "billing", "default"}
+
+
+@pytest.mark.e2e
+def test_a_rotated_keys_old_client_closes_once_its_request_in_flight_is_answered(
+    standin: StandIn, certs: Certs, tmp_path: Path
+) -> None:
+    [crm] = apps(1)
+    standin.grant(crm.key, crm.account)
+    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm)])
+    standin.script(Scripted(202, delay=1.5))
+    with running_relay(relay_settings(standin, certs, tmp_path, path)) as relay:
+        assert relay.server is not None
+        router = relay.server.relay.router
+        assert isinstance(router, TenantRouter)
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(send, relay.port, "crm")
+            standin.wait_for(1, timeout=10)  # the request is at the stand-in, unanswered
+            rotated = App(crm.name, f"aha-sk-crm-rotated-{uuid.uuid4().hex}", crm.account)
+            standin.grant(rotated.key, rotated.account)
+            write_tenants(tmp_path, [tenant_table(tmp_path, rotated)])
+            relay.reload()
+            assert router.retiring == 1  # the old client waits for its request
+            assert in_flight.result(timeout=15)[0] == 250
+        deadline = time.monotonic() + 5
+        while router.retiring:
+            assert time.monotonic() < deadline, "the replaced client was never closed"
+            time.sleep(0.05)
+        assert send(relay.port, "crm")[0] == 250
+    assert [r.headers["authorization"] for r in standin.requests] == [
+        f"Bearer {crm.key}", f"Bearer {rotated.key}",
+    ]  # fmt: skip
+
+
+def labelsets(text: str) -> list[dict[str, str]]:
+    return [dict(labels) for _, labels in parse(text)]

@@ -7,15 +7,22 @@ sender raises ``NoTenant`` (550 5.7.1) before any API call.
 
 Pacing is per AhaSend account: ``AccountBuckets`` hands every route of one account the
 same ``TokenBucket``, so tenants sharing an account share its rate limit.
+
+A route replaced by a reload (a rotated key, a new account) is retired: its client is
+closed as soon as no transaction or spool attempt that took it is still using it, so a
+rotated key's old connections do not outlive the requests that began on them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from relay.delivery.pacing import TokenBucket
 from relay.delivery.route import DEFAULT_ROUTE, Route, Submission
-from relay.delivery.sender import Delivery
+from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool.base import SpoolEntry
 from relay.delivery.tenants import Tenant, Tenants
 from relay.errors import NoTenant
@@ -53,6 +60,54 @@ def _removed(name: str) -> Route:
     return Route(name, "", sender=_Removed(name), retrying=_Removed(name))
 
 
+class _InUse:
+    """How many sends are running on one route's senders; ``idle`` is set at zero."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def wrap(self, sender: Sender) -> Sender:
+        return _Counted(sender, self)
+
+
+class _Counted:
+    """``inner`` with each send counted in ``uses`` (a retried send counts as one)."""
+
+    def __init__(self, inner: Sender, uses: _InUse) -> None:
+        self._inner, self._uses = inner, uses
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        self._uses.count += 1
+        self._uses.idle.clear()
+        try:
+            return await self._inner.send(body, idempotency_key)
+        finally:
+            self._uses.count -= 1
+            if self._uses.count == 0:
+                self._uses.idle.set()
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class _Tracked:
+    """A tenant's route as the router hands it out, and the count of its sends."""
+
+    route: Route
+    uses: _InUse
+
+    @classmethod
+    def of(cls, route: Route) -> _Tracked:
+        uses = _InUse()
+        counted = dataclasses.replace(
+            route, sender=uses.wrap(route.sender), retrying=uses.wrap(route.retrying)
+        )
+        return cls(counted, uses)
+
+
 class AccountBuckets:
     """One ``TokenBucket`` per AhaSend account id, created on first use."""
 
@@ -78,25 +133,31 @@ class TenantRouter:
     ) -> None:
         self.tenants = tenants
         self._route_for = route_for
-        self._routes = {t.name: route_for(t) for t in tenants.tenants}
+        self._routes = {t.name: _Tracked.of(route_for(t)) for t in tenants.tenants}
         self._fallback = fallback
-        self._retired: list[Route] = []
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def reload(self, tenants: Tenants) -> None:
-        """Switch to ``tenants`` (SIGHUP): a tenant whose key or account changed, or a new
-        one, gets a new route; an unchanged one keeps its route. Replaced routes' clients
-        are closed at shutdown (requests in flight on them finish)."""
+        """Switch to ``tenants`` (SIGHUP, on the event loop): a tenant whose key or account
+        changed, or a new one, gets a new route; an unchanged one keeps its route. A
+        replaced route's client is closed once the sends that took it have finished."""
         old = {t.name: t for t in self.tenants.tenants}
-        routes: dict[str, Route] = {}
+        routes: dict[str, _Tracked] = {}
         for tenant in tenants.tenants:
             before = old.get(tenant.name)
             if before is not None and _same_route(before, tenant):
                 routes[tenant.name] = self._routes[tenant.name]
             else:
-                routes[tenant.name] = self._route_for(tenant)
+                routes[tenant.name] = _Tracked.of(self._route_for(tenant))
         kept = {id(r) for r in routes.values()}
-        self._retired += [r for r in self._routes.values() if id(r) not in kept]
+        for replaced in [r for r in self._routes.values() if id(r) not in kept]:
+            self._retire(replaced)
         self.tenants, self._routes = tenants, routes
+
+    def _retire(self, tracked: _Tracked) -> None:
+        task = asyncio.get_running_loop().create_task(_close_when_idle(tracked))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
 
     @property
     def default(self) -> Route:
@@ -112,21 +173,39 @@ class TenantRouter:
 
     def route(self, submission: Submission) -> Route:
         tenant = self.tenant_of(submission)
-        return self._routes[tenant.name] if tenant is not None else self.default
+        return self._routes[tenant.name].route if tenant is not None else self.default
 
     def spooled(self, entry: SpoolEntry) -> Route:
         """The entry's tenant's current route (its key as of now); a tenant removed since
         gets a refusing route, so the entry dies with the reason."""
         if entry.route == DEFAULT_ROUTE:
             return self.default
-        route = self._routes.get(entry.route)
-        return route if route is not None else _removed(entry.route)
+        tracked = self._routes.get(entry.route)
+        return tracked.route if tracked is not None else _removed(entry.route)
+
+    @property
+    def retiring(self) -> int:
+        """Replaced routes whose client is not closed yet (sends still running on it)."""
+        return len(self._retiring)
 
     async def aclose(self) -> None:
-        for route in [*self._routes.values(), *self._retired]:
-            await route.sender.aclose()
+        """Close every client: the current routes', the fallback's and, at once, those
+        of replaced routes still waiting for their sends (shutdown has drained them)."""
+        for task in list(self._retiring):
+            task.cancel()
+        for tracked in self._routes.values():
+            await tracked.route.sender.aclose()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._fallback is not None:
             await self._fallback.sender.aclose()
+
+
+async def _close_when_idle(tracked: _Tracked) -> None:
+    """Close a replaced route's client once no send runs on it (at once on cancel)."""
+    try:
+        await tracked.uses.idle.wait()
+    finally:
+        await tracked.route.sender.aclose()
 
 
 def _same_route(before: Tenant, after: Tenant) -> bool:

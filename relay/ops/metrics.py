@@ -10,6 +10,8 @@ spool query, off the hot path. The process collector adds
 Who records what (each through a small hook, so the recording modules import nothing
 from here):
 
+- the message and upstream counters carry a ``tenant`` label (``DEFAULT_TENANT`` or a
+  tenant's name, so bounded by RELAY_TENANTS_FILE);
 - the handler calls ``message_done`` once per transaction, from the path that writes the
   canonical ``message`` log line, and ``refused`` for a RCPT it refuses (``MessageObserver``);
 - the guard calls ``refused`` for refusals before DATA (connect, MAIL) and
@@ -29,7 +31,7 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 import httpx
@@ -45,6 +47,7 @@ from prometheus_client import (
 )
 
 from relay import __version__
+from relay.delivery.route import DEFAULT_ROUTE
 from relay.delivery.spool.base import SpoolStats
 from relay.ops.log import get_logger
 from relay.smtp import replies
@@ -63,6 +66,10 @@ SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * 
 RESULTS = ("accepted", "deferred", "rejected")
 ROUTES = ("sent", "spooled", "dry_run")
 SPOOL_EVENTS = ("spooled", "delivered", "deferred", "dead")
+DEFAULT_TENANT = DEFAULT_ROUTE
+"""The ``tenant`` label of mail no tenant claims (and of every message without tenants).
+The label's other values are the tenant names of RELAY_TENANTS_FILE: bounded by the
+operator's file, never by what a client sends."""
 _REASONS = {
     replies.CLIENT_NOT_ALLOWED: "network",
     replies.AUTH_REQUIRED: "auth",
@@ -80,7 +87,14 @@ class MessageObserver(Protocol):
     """What the handler reports each transaction's outcome, and each RCPT refusal, to."""
 
     def message_done(
-        self, reply: Reply, *, seconds: float, size: int, spooled: bool, sent: bool
+        self,
+        reply: Reply,
+        *,
+        seconds: float,
+        size: int,
+        spooled: bool,
+        sent: bool,
+        tenant: str = ...,
     ) -> None: ...
 
     def refused(self, reply: Reply) -> None: ...
@@ -115,14 +129,16 @@ class RelayMetrics:
             {"version": __version__}
         )
         self.messages = Counter(
-            PREFIX + "messages", "Transactions ended with DATA, by result and SMTP reply code.",
-            ("result", "code"), registry=registry,
+            PREFIX + "messages",
+            "Transactions ended with DATA, by result, SMTP reply code and tenant.",
+            ("result", "code", "tenant"), registry=registry,
         )  # fmt: skip
         self.accepted = _preset(Counter(
             PREFIX + "messages_accepted",
             "Transactions answered 2xx, by route: sent to AhaSend in the transaction, "
-            "spooled for later delivery, or dry run.", ("route",), registry=registry,
-        ), ROUTES)  # fmt: skip
+            "spooled for later delivery, or dry run; and by tenant.", ("route", "tenant"),
+            registry=registry,
+        ), [(route, DEFAULT_TENANT) for route in ROUTES])  # fmt: skip
         self.transaction_seconds = Histogram(
             PREFIX + "transaction_duration_seconds",
             "Time from the end of DATA to the reply.", buckets=TRANSACTION_BUCKETS,
@@ -156,8 +172,8 @@ class RelayMetrics:
         )  # fmt: skip
         self.upstream_responses = Counter(
             PREFIX + "upstream_responses",
-            "Requests to AhaSend by HTTP status, or timeout/unreachable when none came.",
-            ("status",), registry=registry,
+            "Requests to AhaSend by HTTP status (or timeout/unreachable when none came) "
+            "and tenant.", ("status", "tenant"), registry=registry,
         )  # fmt: skip
         self.retries = Counter(
             PREFIX + "retries", "Retries of a request inside the SMTP transaction, by error.",
@@ -176,13 +192,21 @@ class RelayMetrics:
 
     # -- hooks ------------------------------------------------------------------------
     def message_done(
-        self, reply: Reply, *, seconds: float, size: int, spooled: bool, sent: bool
+        self,
+        reply: Reply,
+        *,
+        seconds: float,
+        size: int,
+        spooled: bool,
+        sent: bool,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
         """One transaction's final reply, duration and size (the handler's hook)."""
         result = result_of(reply)
-        self.messages.labels(result, str(reply.code)).inc()
+        self.messages.labels(result, str(reply.code), tenant).inc()
         if result == "accepted":
-            self.accepted.labels("spooled" if spooled else "sent" if sent else "dry_run").inc()
+            route = "spooled" if spooled else "sent" if sent else "dry_run"
+            self.accepted.labels(route, tenant).inc()
         self.transaction_seconds.observe(seconds)
         self.message_size.observe(size)
 
@@ -202,9 +226,11 @@ class RelayMetrics:
         """A request ``spooled``, ``delivered``, ``deferred`` or ``dead``."""
         self.spool_events.labels(event).inc()
 
-    def record_upstream(self, status: str, seconds: float | None, reachable: bool) -> None:
+    def record_upstream(
+        self, status: str, seconds: float | None, reachable: bool, tenant: str = DEFAULT_TENANT
+    ) -> None:
         """One upstream request: its status label, its latency when it got an answer."""
-        self.upstream_responses.labels(status).inc()
+        self.upstream_responses.labels(status, tenant).inc()
         if seconds is not None:
             self.upstream_latency.observe(seconds)
         self.upstream_reachable = reachable
@@ -257,10 +283,10 @@ class RelayMetrics:
         return generate_latest(self.registry).decode("utf-8")
 
 
-def _preset(counter: Counter, values: tuple[str, ...]) -> Counter:
+def _preset(counter: Counter, values: Iterable[str | tuple[str, ...]]) -> Counter:
     """``counter`` with a zero series per label value, so rates exist from the start."""
     for value in values:
-        counter.labels(value)
+        counter.labels(*((value,) if isinstance(value, str) else value))
     return counter
 
 
@@ -272,8 +298,11 @@ class MeteredTransport(httpx.AsyncBaseTransport):
         metrics: RelayMetrics,
         inner: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        tenant: str = DEFAULT_TENANT,
     ) -> None:
+        """Requests through ``inner`` counted under ``tenant`` (the route's name)."""
         self._metrics = metrics
+        self._tenant = tenant
         self._inner = inner if inner is not None else httpx.AsyncHTTPTransport()
         self._clock = clock
 
@@ -282,13 +311,13 @@ class MeteredTransport(httpx.AsyncBaseTransport):
         try:
             response = await self._inner.handle_async_request(request)
         except httpx.TimeoutException:
-            self._metrics.record_upstream("timeout", None, reachable=False)
+            self._metrics.record_upstream("timeout", None, False, self._tenant)
             raise
         except httpx.TransportError:
-            self._metrics.record_upstream("unreachable", None, reachable=False)
+            self._metrics.record_upstream("unreachable", None, False, self._tenant)
             raise
         seconds = self._clock() - started
-        self._metrics.record_upstream(str(response.status_code), seconds, reachable=True)
+        self._metrics.record_upstream(str(response.status_code), seconds, True, self._tenant)
         log.debug("upstream_response", method=request.method, path=request.url.path,
                   status=response.status_code, latency_ms=round(seconds * 1000, 2),
                   idempotency_key=request.headers.get("Idempotency-Key"))  # fmt: skip

@@ -18,7 +18,7 @@ import structlog
 from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery.dispatch import Dispatcher
-from relay.delivery.route import Submission
+from relay.delivery.route import DEFAULT_ROUTE, Submission
 from relay.delivery.sender import Delivery
 from relay.delivery.tenants import Tenant, allowed_domains, apply_tenant
 from relay.errors import RelayError
@@ -130,12 +130,12 @@ class RelayHandler:
         raw: bytes = envelope.content
         record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
                    rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
+        tenant = self._tenant(server, session)
+        if tenant is not None:
+            record.add(tenant=tenant.name)
         try:
             translated = await self._translate(raw, envelope.mail_from, envelope.rcpt_tos)
             record.add(msgid=translated.message_id)
-            tenant = self._tenant(server, session)
-            if tenant is not None:
-                record.add(tenant=tenant.name)
             translated = self._vet_sender(translated, authenticated_user(session), tenant)
             keys = transaction_keys(
                 translated.message_id, envelope.mail_from, envelope.rcpt_tos, raw,
@@ -164,6 +164,7 @@ class RelayHandler:
                 reply, seconds=seconds, size=record.fields["size"],
                 spooled=bool(record.fields.get("spooled")),
                 sent=record.fields.get("upstream_status") is not None,
+                tenant=record.fields.get("tenant", DEFAULT_ROUTE),
             )  # fmt: skip
         return str(reply)
 
