@@ -139,6 +139,52 @@ def test_recipients_can_be_hashed_or_dropped(tmp_path: Path, standin: StandIn, m
         assert "to" not in line
 
 
+def refusing_202(refused: str, *, queued: str = "alice@example.org") -> Scripted:
+    """A 202 queuing ``queued`` and refusing ``refused`` (suppressed)."""
+    data = [
+        {"object": "message", "id": "<q@ahasend.test>", "recipient": {"email": queued, "name": ""},
+         "status": "queued", "error": None},
+        {"object": "message", "id": None, "recipient": {"email": refused, "name": "Bob Secret"},
+         "status": "error", "error": "recipient is suppressed"},
+    ]  # fmt: skip
+    return Scripted(202, {"object": "list", "data": data})
+
+
+@pytest.mark.parametrize("mode", ["hash", "none"])
+def test_no_log_line_shows_a_recipient_unless_asked(
+    tmp_path: Path, standin: StandIn, mode: str
+) -> None:
+    """Refused recipients, NothingQueued details and dry-run payloads too."""
+    both = ["Alice@Example.org", "bob@example.net"]
+    standin.script(refusing_202("bob@example.net"))
+    standin.script(Scripted(202, {"object": "list", "data": [
+        {"object": "message", "id": None, "recipient": {"email": r.lower(), "name": ""},
+         "status": "error", "error": "recipient is suppressed"} for r in both]}))  # fmt: skip
+    env = standin_env(standin, RELAY_LOG_RECIPIENTS=mode, RELAY_LOG_LEVEL="debug")
+    with relay_process(tmp_path, **env) as relay:
+        assert send(relay.port, both, message()) == 250  # bob refused inside the 202
+        assert send(relay.port, both, message("<m2@example.com>")) == 554  # nothing queued
+        assert relay.stop() == 0
+    with relay_process(tmp_path, "--dry-run", RELAY_LOG_RECIPIENTS=mode) as dry:
+        assert send(dry.port, both, message("<m3@example.com>")) == 250
+        assert dry.stop() == 0
+    for log in (relay.log, dry.log):
+        text = log.read_text(encoding="utf-8").lower()
+        assert "example.org" not in text, log
+        assert "bob@example.net" not in text, log
+        assert "bob secret" not in text
+    events = every_line_is_json(relay.log) + every_line_is_json(dry.log)
+    [refused] = [e for e in events if e["event"] == "recipients_refused"]
+    shown = [{"recipient": recipient_hash("bob@example.net")}] if mode == "hash" else [{}]
+    assert refused["refused"] == [s | {"reason": "recipient is suppressed"} for s in shown]
+    [dry_run] = [e for e in events if e["event"] == "dry_run"]
+    if mode == "hash":
+        assert dry_run["payload"]["to"] == [{"email": recipient_hash("alice@example.org")}]
+    else:
+        assert "to" not in dry_run["payload"]
+    assert {e["event"] for e in events} >= {"message", "recipients_refused", "dry_run"}
+
+
 # -- in-process: the stdlib route -----------------------------------------------------------
 
 

@@ -8,12 +8,13 @@ Idempotency-Key, and either returns a ``Delivery`` or raises a ``replies.RelayEr
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.ops.log import get_logger
 
-__all__ = ["Delivery", "DryRunSender", "Sender", "abbreviate"]
+__all__ = ["Delivery", "DryRunSender", "Sender", "abbreviate", "refusals"]
 
 log = get_logger("relay.dry_run")
 _SHOWN_DATA = 40
@@ -36,6 +37,12 @@ class Delivery:
     extra: dict[str, Any] = field(default_factory=dict)
     spooled: bool = False
     spool_id: int | None = None
+
+
+def refusals(failures: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
+    """``Delivery.failures`` as logged (``refused=``): objects the log's recipient
+    privacy (``RELAY_LOG_RECIPIENTS``) can hash or drop."""
+    return [{"recipient": recipient, "reason": why} for recipient, why in failures]
 
 
 class Sender(Protocol):

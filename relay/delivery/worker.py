@@ -35,7 +35,7 @@ from relay.delivery.bounce import Bouncer
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import SpoolPolicy, retry_after_of
 from relay.delivery.route import Router
-from relay.delivery.sender import Delivery
+from relay.delivery.sender import Delivery, refusals
 from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
 from relay.errors import PermanentError, RelayError, TransientError
 from relay.ops.log import get_logger
@@ -118,7 +118,9 @@ class SpoolWorker:
             replayed=delivery.replayed,
         )
         if note:
-            log.warning("recipients_refused", spool_id=entry.id, refused=refused)
+            log.warning(
+                "recipients_refused", spool_id=entry.id, refused=refusals(delivery.failures)
+            )
 
     async def _failed(self, entry: SpoolEntry, error: TransientError) -> None:
         reason = f"{type(error).__name__}: {error.detail}".rstrip(": ")

@@ -83,7 +83,8 @@ def configure(
     Records of stdlib loggers (aiosmtpd, asyncio, httpx, aiohttp, warnings) are rendered by
     the same processors, scrubber included, onto the same stream, one line each; they are
     shown from WARNING up, or everything at ``level="debug"``. ``recipients`` is how
-    envelope recipients appear (``RELAY_LOG_RECIPIENTS``: plain, hash or none).
+    envelope recipients appear (``RELAY_LOG_RECIPIENTS``: plain, hash or none; with hash
+    or none aiosmtpd's protocol trace, shown at debug, is dropped).
     """
     out = stream if stream is not None else sys.stderr
     fmt = fmt or ("console" if out.isatty() else "json")
@@ -96,6 +97,8 @@ def configure(
         cache_logger_on_first_use=False,
     )
     _route_stdlib(out, chain, logging.DEBUG if level == "debug" else _STDLIB_FLOOR.get(level))
+    if recipients != "plain":
+        _without_protocol_trace()
     return scrubber
 
 
@@ -125,13 +128,18 @@ def _processors(fmt: str, scrubber: SecretScrubber, recipients: str) -> list[Pro
 
 
 class RecipientPrivacy:
-    """A processor showing envelope recipients (``to``, ``rcpt_tos``) plain, hashed or not.
+    """A processor showing envelope recipients plain, hashed or not at all.
 
     ``hash``: ``sha256:`` and the first 16 hex digits of the SHA-256 of the lowercased
-    address, so one known address can still be found with grep; ``none`` drops the keys.
+    address, so one known address can still be found with grep; ``none`` drops them.
+    Recipients appear in four shapes, all covered: the ``to`` / ``rcpt_tos`` lists, the
+    ``refused`` list of ``{"recipient", "reason"}`` objects, the ``to`` / ``cc`` / ``bcc``
+    of a logged API ``payload`` (dry run; names go too), and inside ``error_detail`` when
+    the same event lists them in ``to`` (e.g. "alice@example.org: invalid").
     """
 
     KEYS = ("to", "rcpt_tos")
+    PAYLOAD_KEYS = ("to", "cc", "bcc")
 
     def __init__(self, mode: str = "plain") -> None:
         self.mode = mode
@@ -139,18 +147,55 @@ class RecipientPrivacy:
     def __call__(self, logger: WrappedLogger, method: str, event: EventDict) -> EventDict:
         if self.mode == "plain":
             return event
+        listed = [str(a) for key in self.KEYS for a in _as_list(event.get(key))]
         for key in self.KEYS:
             if key in event:
-                if self.mode == "none":
-                    del event[key]
-                else:
-                    event[key] = _hashed(event[key])
+                self._replace(event, key, _hashed(event[key]))
+        if isinstance(event.get("refused"), list):
+            event["refused"] = [self._refusal(item) for item in event["refused"]]
+        if isinstance(event.get("payload"), dict):
+            event["payload"] = self._payload(event["payload"])
+        if listed and isinstance(event.get("error_detail"), str):
+            event["error_detail"] = self._masked_text(event["error_detail"], listed)
         return event
+
+    def _replace(self, mapping: MutableMapping[str, Any], key: str, hashed: Any) -> None:
+        if self.mode == "none":
+            del mapping[key]
+        else:
+            mapping[key] = hashed
+
+    def _refusal(self, item: Any) -> Any:
+        if not isinstance(item, dict) or "recipient" not in item:
+            return item
+        shown = dict(item)
+        self._replace(shown, "recipient", recipient_hash(str(item["recipient"])))
+        return shown
+
+    def _payload(self, payload: dict[str, Any]) -> dict[str, Any]:
+        shown = dict(payload)
+        for key in self.PAYLOAD_KEYS:
+            if isinstance(shown.get(key), list):
+                emails = [str(r.get("email", "")) for r in shown[key] if isinstance(r, dict)]
+                self._replace(shown, key, [{"email": recipient_hash(e)} for e in emails])
+        return shown
+
+    def _masked_text(self, text: str, addresses: list[str]) -> str:
+        for address in addresses:
+            shown = recipient_hash(address) if self.mode == "hash" else "[recipient]"
+            text = re.sub(re.escape(address), shown, text, flags=re.IGNORECASE)
+        return text
 
 
 def recipient_hash(address: str) -> str:
     """How ``RELAY_LOG_RECIPIENTS=hash`` shows ``address``."""
     return "sha256:" + hashlib.sha256(address.lower().encode("utf-8")).hexdigest()[:16]
+
+
+def _as_list(value: Any) -> list[Any]:
+    if isinstance(value, str):
+        return [value]
+    return list(value) if isinstance(value, list | tuple) else []
 
 
 def _hashed(value: Any) -> Any:
@@ -191,6 +236,14 @@ def _route_stdlib(out: TextIO, chain: list[Processor], level: int | None) -> Non
     root.addHandler(handler)
     root.setLevel(level if level is not None else logging.ERROR)
     logging.captureWarnings(True)
+
+
+def _without_protocol_trace() -> None:
+    """Drop aiosmtpd's debug trace of the SMTP conversation (logger ``mail.log``): it
+    quotes every ``RCPT TO``, which RELAY_LOG_RECIPIENTS=hash|none keeps out of the log."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        handler.addFilter(lambda record: record.name != "mail.log")
 
 
 def _logger_name(logger: WrappedLogger, method: str, event: EventDict) -> EventDict:

@@ -19,7 +19,7 @@ from aiosmtpd.smtp import TLSSetupException
 
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.route import DEFAULT_ROUTE, Submission
-from relay.delivery.sender import Delivery
+from relay.delivery.sender import Delivery, refusals
 from relay.delivery.tenants import Tenant, allowed_domains, apply_tenant
 from relay.errors import RelayError
 from relay.ops.log import get_logger
@@ -238,7 +238,7 @@ class RelayHandler:
         ids = [i for d in deliveries for i in d.message_ids]
         failures = [f for d in deliveries for f in d.failures]
         if failures:
-            log.warning("recipients_refused", refused=[f"{r}: {why}" for r, why in failures])
+            log.warning("recipients_refused", refused=refusals(failures))
             return PARTIALLY_QUEUED.with_detail(
                 f"{len(failures)} recipient(s) refused: {failures[0][0]} ({failures[0][1]})"
             )
