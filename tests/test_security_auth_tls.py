@@ -269,7 +269,10 @@ def test_require_tls_refuses_mail_before_starttls(standin: StandIn, certs: Certs
         with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as client:
             client.starttls(context=certs.client_context())
             client.send_message(message())  # trusted network: no AUTH needed
+        assert relay.server is not None
+        text = relay.server.metrics.render()
     assert len(standin.requests) == 1
+    assert 'ahasend_relay_refusals_total{reason="tls"} 1.0' in text.splitlines()
 
 
 def test_swaks_tls_auth(relay: RunningRelay, standin: StandIn):

@@ -74,6 +74,7 @@ _REASONS = {
     replies.CLIENT_NOT_ALLOWED: "network",
     replies.AUTH_REQUIRED: "auth",
     replies.AUTH_TOO_MANY_FAILURES: "auth",
+    replies.STARTTLS_REQUIRED: "tls",
     replies.SENDER_NOT_ALLOWED: "sender",
     replies.BAD_RECIPIENT_ADDRESS: "recipient",
     replies.TOO_MANY_RECIPIENTS: "recipient",

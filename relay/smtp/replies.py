@@ -99,6 +99,9 @@ LOCAL_ERROR: Final = Reply(451, "4.3.0", "Local error in processing, try again l
 AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
 AUTH_INVALID: Final = Reply(535, "5.7.8", "Authentication credentials invalid")
 AUTH_REQUIRED: Final = Reply(530, "5.7.0", "Authentication required")
+STARTTLS_REQUIRED: Final = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
+"""RELAY_REQUIRE_TLS before STARTTLS: aiosmtpd's own refusal (``AIOSMTPD_STARTTLS_REQUIRED``)."""
+AIOSMTPD_STARTTLS_REQUIRED: Final = "530 Must issue a STARTTLS command first"
 AUTH_NEEDS_TLS: Final = Reply(
     538, "5.7.11", "Encryption required for requested authentication mechanism"
 )

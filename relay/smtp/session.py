@@ -45,6 +45,7 @@ from relay.smtp.dataread import DataOutcome, DataResult, read_data
 from relay.smtp.guard import Guard, GuardedHandler
 from relay.smtp.policy import format_peer, ip_of
 from relay.smtp.replies import (
+    AIOSMTPD_STARTTLS_REQUIRED,
     AUTH_BAD_BASE64,
     AUTH_CANNOT_SPLIT,
     AUTH_NOT_ENABLED,
@@ -55,6 +56,7 @@ from relay.smtp.replies import (
     NEED_RCPT,
     SERVICE_NOT_AVAILABLE,
     START_DATA,
+    STARTTLS_REQUIRED,
     TIMEOUT,
     TLS_ALREADY_ACTIVE,
     TOO_MANY_JUNK_COMMANDS,
@@ -271,6 +273,10 @@ class RelaySession(SMTP):
 
     # -- replies -----------------------------------------------------------------------
     async def push(self, status: AnyStr) -> None:
+        """Every reply, with its enhanced code; aiosmtpd's own STARTTLS-first refusal is
+        counted like the relay's refusals."""
+        if status == AIOSMTPD_STARTTLS_REQUIRED:
+            self.guard.on_refusal(STARTTLS_REQUIRED)
         if isinstance(status, str) and not self._raw_replies:
             status = with_enhanced_code(status)
         await super().push(status)
