@@ -46,6 +46,19 @@ def apps(n: int) -> list[App]:
     return [App(name, f"aha-sk-{name}-{uuid.uuid4().hex}", str(uuid.uuid4())) for name in APPS[:n]]
 
 
+def granted(standin: StandIn, n: int) -> list[App]:
+    """``apps(n)``, each key granted its account at the stand-in."""
+    made = apps(n)
+    for app in made:
+        standin.grant(app.key, app.account)
+    return made
+
+
+def tenants_file(tmp_path: Path, *tenants: App) -> Path:
+    """A tenants file with one plain table per app."""
+    return write_tenants(tmp_path, [tenant_table(tmp_path, app) for app in tenants])
+
+
 def write_users(path: Path, names: tuple[str, ...] = (*APPS, "stranger")) -> Path:
     hashed = bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(rounds=4)).decode()
     path.write_text("".join(f"{name}:{hashed}\n" for name in names), encoding="utf-8")
@@ -303,9 +316,7 @@ def test_no_tenant_and_no_global_key_is_refused_before_any_api_call(
 def test_network_tenant_without_auth_and_user_beats_network(
     standin: StandIn, tmp_path: Path
 ) -> None:
-    crm, scanner = apps(2)
-    for app in (crm, scanner):
-        standin.grant(app.key, app.account)
+    crm, scanner = granted(standin, 2)
     path = write_tenants(
         tmp_path,
         [
@@ -327,9 +338,7 @@ def test_network_tenant_without_auth_and_user_beats_network(
 
 def policy_relay(standin: StandIn, certs: Certs, tmp_path: Path, **fields: Any) -> Any:
     """A relay with tenants crm (``fields`` added) and billing; their keys granted."""
-    crm, billing = apps(2)
-    for app in (crm, billing):
-        standin.grant(app.key, app.account)
+    crm, billing = granted(standin, 2)
     tables = [tenant_table(tmp_path, crm, **fields),
               tenant_table(tmp_path, billing, sender_domains=["billing.example"])]  # fmt: skip
     settings = relay_settings(standin, certs, tmp_path, write_tenants(tmp_path, tables))
@@ -415,9 +424,7 @@ def test_tags_are_the_union_and_a_forced_sandbox_beats_the_header(
 def test_a_tenants_network_sends_without_auth_outside_the_allowed_networks(
     standin: StandIn, certs: Certs, tmp_path: Path
 ) -> None:
-    crm, scanner = apps(2)
-    for app in (crm, scanner):
-        standin.grant(app.key, app.account)
+    crm, scanner = granted(standin, 2)
     tables = [tenant_table(tmp_path, crm),
               tenant_table(tmp_path, scanner, users=[], networks=["127.0.0.2/32"])]  # fmt: skip
     settings = relay_settings(
@@ -446,9 +453,7 @@ def test_a_tenants_network_sends_without_auth_outside_the_allowed_networks(
 def test_reload_adds_a_tenant_rotates_a_key_and_keeps_the_old_file_when_broken(
     standin: StandIn, certs: Certs, tmp_path: Path
 ) -> None:
-    crm, billing = apps(2)
-    for app in (crm, billing):
-        standin.grant(app.key, app.account)
+    crm, billing = granted(standin, 2)
     path = write_tenants(tmp_path, [tenant_table(tmp_path, crm)])
     settings = relay_settings(
         standin, certs, tmp_path, path, ahasend_api_key=None, ahasend_account_id=None
@@ -486,10 +491,8 @@ def test_reload_adds_a_tenant_rotates_a_key_and_keeps_the_old_file_when_broken(
 def test_spooled_mail_takes_the_key_current_at_delivery_and_a_removed_tenants_dies(
     standin: StandIn, certs: Certs, tmp_path: Path
 ) -> None:
-    crm, billing = apps(2)
-    for app in (crm, billing):
-        standin.grant(app.key, app.account)
-    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm), tenant_table(tmp_path, billing)])
+    crm, billing = granted(standin, 2)
+    path = tenants_file(tmp_path, crm, billing)
     settings = relay_settings(
         standin, certs, tmp_path, path, ahasend_api_key=None, ahasend_account_id=None,
         relay_spool_dir=tmp_path / "spool", relay_spool_retry_min=1.0,
@@ -576,10 +579,8 @@ def test_check_config_online_proves_every_tenant_one_line_each(
 def test_message_and_upstream_counters_carry_the_tenant(
     standin: StandIn, certs: Certs, tmp_path: Path
 ) -> None:
-    crm, billing = apps(2)
-    for app in (crm, billing):
-        standin.grant(app.key, app.account)
-    path = write_tenants(tmp_path, [tenant_table(tmp_path, crm), tenant_table(tmp_path, billing)])
+    crm, billing = granted(standin, 2)
+    path = tenants_file(tmp_path, crm, billing)
     settings = relay_settings(standin, certs, tmp_path, path, relay_metrics_port=0)
     standin.script(Scripted(202), Scripted(202), Scripted(422))
     with running_relay(settings) as relay:
