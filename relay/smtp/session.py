@@ -21,6 +21,9 @@
   AUTH PLAIN and LOGIN (any letter case, with or without an initial response) are verified
   off the event loop (``relay.smtp.auth``), ``235 2.7.0`` / ``535 5.7.8``, ``421 4.7.0`` and
   the connection closed after ``RELAY_AUTH_MAX_FAILURES``; an idle session gets ``421 4.4.2``.
+- The idle timer (``RELAY_SMTP_TIMEOUT``) measures the client, not the relay: it stops once
+  the DATA section is read and restarts after the reply, so a slow upload to AhaSend (or a
+  delivery that ends in the spool) is always answered and logged, never cut with 421.
 - At shutdown ``drain`` closes the session with ``421 4.3.2``: at once between
   transactions, else right after the transaction in progress (DATA answered, or RSET).
 """
@@ -67,7 +70,13 @@ __all__ = ["PRIVATE_AIOSMTPD_NAMES", "RelaySession", "without_auth_param"]
 
 log = get_logger("relay.smtp.session")
 
-PRIVATE_AIOSMTPD_NAMES: Final = ("_handle_client", "_reader", "_timeout_cb")
+PRIVATE_AIOSMTPD_NAMES: Final = (
+    "_handle_client",
+    "_reader",
+    "_timeout_cb",
+    "_timeout_handle",
+    "_reset_timeout",
+)
 """The private aiosmtpd names the relay touches, all in ``RelaySession`` (see its docstring)."""
 
 
@@ -78,7 +87,7 @@ class RelaySession(SMTP):
     (``relay.smtp.guard.GuardedHandler`` in front of the delivery handler: ``handle_PROXY``,
     ``handle_EHLO/MAIL/RCPT/DATA``, ``handle_exception``), the ``smtp_*`` command methods,
     the ``auth_PLAIN``/``auth_LOGIN`` mechanism hooks (``challenge_auth``, ``AuthResult``),
-    ``push`` and ``connection_lost``. Three private aiosmtpd names remain, where aiosmtpd
+    ``push`` and ``connection_lost``. Five private aiosmtpd names remain, where aiosmtpd
     has no public hook (``PRIVATE_AIOSMTPD_NAMES``; pinned by ``aiosmtpd>=1.4.6,<1.5``, and
     ``tests/test_aiosmtpd_private.py`` fails naming the attribute if an upgrade drops one):
 
@@ -86,13 +95,16 @@ class RelaySession(SMTP):
       before the greeting, bind the log context, remember its task (``task``, for
       ``relay.smtp.drain.finish_sessions``) and log the ``session`` event at the end;
     - ``_reader`` (the connection's ``StreamReader``): DATA is read from it in chunks;
-    - ``_timeout_cb`` (aiosmtpd's idle timer expired): ``421 4.4.2`` before aiosmtpd closes.
+    - ``_timeout_cb`` (aiosmtpd's idle timer expired): ``421 4.4.2`` before aiosmtpd closes;
+    - ``_timeout_handle`` (the idle timer's ``TimerHandle``): cancelled while the relay works
+      on a received DATA (translation, delivery or spooling), so a slow API never trips the
+      client's idle timeout;
+    - ``_reset_timeout`` (aiosmtpd re-arms the idle timer): called once the DATA reply is
+      written, so the client gets a full ``RELAY_SMTP_TIMEOUT`` for its next command.
 
     Room to grow: connection rules at connect belong in ``Guard.admit`` /
     ``relay.smtp.access``; command limits and answers (a second STARTTLS) in ``smtp_*``
-    overrides; idle-timer policy (stress-adaptive, paused while DATA is delivered) next to
-    ``_timeout_cb`` — aiosmtpd re-arms its timer in ``_reset_timeout``, which such a change
-    would add to the list above.
+    overrides; more idle-timer policy (stress-adaptive) next to ``_pause_idle_timer``.
     """
 
     AuthLoginUsernameChallenge = "Username:"
@@ -362,10 +374,27 @@ class RelaySession(SMTP):
             return None
 
     async def _deliver(self) -> None:
-        """Run the handler's DATA hook on the envelope and answer with its status."""
-        status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
-        self._end_transaction()
-        await self.push(status)
+        """Run the handler's DATA hook on the envelope and answer with its status.
+
+        The idle timer is paused meanwhile: the client is waiting for us, not idle.
+        """
+        self._pause_idle_timer()
+        try:
+            status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
+            self._end_transaction()
+            await self.push(status)
+        finally:
+            self._resume_idle_timer()
+
+    def _resume_idle_timer(self) -> None:
+        """Re-arm the idle timer for a full ``RELAY_SMTP_TIMEOUT`` (if still connected)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()
+
+    def _pause_idle_timer(self) -> None:
+        """Stop aiosmtpd's idle timer until ``_reset_timeout`` re-arms it."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # connection_lost cancels it again: harmless
 
     def _end_transaction(self) -> None:
         self.envelope = Envelope()  # what aiosmtpd's own DATA leaves behind
