@@ -26,7 +26,10 @@ Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the 
 stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
 transactions get 421 and are closed; a transaction in flight finishes (without further
 in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
-then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
+then gets 421. An API call still running when the grace period ends is abandoned: its
+request is spooled (same Idempotency-Key) and answered 250, or answered ``421 4.3.2``
+without a spool, within a few more seconds (``relay.smtp.drain.ANSWER_GRACE``).
+Sessions still open after that are closed. Meanwhile the spool worker
 stops after its delivery round in progress (a safe point; it is cancelled if it
 overruns the grace period, which is safe too: a spooled row only changes after the API
 answered). Then the stack unwinds: the worker is awaited, the admin server stopped, the
@@ -205,7 +208,7 @@ class RelayServer:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
             session.drain()
-        abandoned = await finish_sessions(self._sessions, grace)
+        abandoned = await finish_sessions(self._sessions, grace, self.relay.grace_over)
         resources, self._resources = self._resources, None
         await resources.aclose()
         log.info("stopped", abandoned_sessions=abandoned)
