@@ -71,6 +71,8 @@ class Relay:
     admin: AdminServer | None
     stop_retrying: asyncio.Event
     """Set at shutdown: every route's in-transaction retries end (``RetryingSender``)."""
+    client: Sender | None
+    """The global key's API client (None without a global key); read at start-up."""
     grace_over: asyncio.Event
     """Set when the shutdown grace period ends: API calls still running are abandoned
     (spooled, or 421) by the ``Dispatcher``."""
@@ -119,7 +121,7 @@ async def assemble(
         settings=settings, guard=guard, metrics=metrics, router=router, handler=handler,
         spool=spool, worker=_worker(settings, spool, router, policy, metrics),
         admin=_admin_server(settings, metrics, listening), stop_retrying=stop_retrying,
-        grace_over=grace_over,
+        grace_over=grace_over, client=client,
     )  # fmt: skip
 
 
