@@ -2,7 +2,8 @@
 
 The client always gets a reply: with a spool the request is spooled with the
 Idempotency-Key of the abandoned call and answered 250 (then delivered once by the next
-relay on that spool); without one it is answered ``421 4.3.2``. Never a silent close.
+relay on that spool); without one it is answered ``421 4.3.2``. Never a silent close:
+a client still uploading its DATA when the grace period ends gets ``421 4.3.2`` too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 
 from relay.delivery.spool import SpoolEntry, SqliteSpool
 from tests.harness import RunningRelay, running_relay, settings_for
+from tests.rawsmtp import RawSMTP
 from tests.standin import Scripted, StandIn
 
 pytestmark = pytest.mark.e2e
@@ -116,3 +118,17 @@ def test_without_a_spool_the_hung_call_is_answered_421(standin: StandIn) -> None
     assert GRACE * 0.9 <= after <= GRACE + 4.0
     assert len(standin.requests) == 1
     assert standin.accepted == []
+
+
+def test_a_client_still_uploading_when_the_grace_period_ends_gets_421(standin: StandIn) -> None:
+    relay = RunningRelay(settings_for(standin)).start()
+    with RawSMTP(relay.port) as smtp:
+        assert smtp.cmd("EHLO client.test").startswith("250")
+        smtp.envelope("app@example.com", "ann@example.net")
+        smtp.send(b"Subject: never finished\r\n\r\nThe first line")
+        started = time.monotonic()
+        relay.stop(timeout=GRACE)
+        assert time.monotonic() - started <= GRACE + 2.0  # no extra wait: not delivering
+        assert smtp.reply() == "421 " + SHUTTING_DOWN.decode()
+        assert smtp.closed()
+    assert standin.requests == []

@@ -3,8 +3,9 @@
 A ``RelaySession`` drains itself (``RelaySession.drain``: ``421 4.3.2`` between
 transactions, or after the one in progress); ``finish_sessions`` waits for them. When the
 grace period ends it sets ``grace_over``: an API call still running is abandoned
-(``relay.delivery.dispatch``), and its session gets ``ANSWER_GRACE`` seconds more to
-spool the message and answer it (250, or 421 without a spool) before it is cancelled.
+(``relay.delivery.dispatch``), and a session delivering gets ``ANSWER_GRACE`` seconds more to
+spool the message and answer it (250, or 421 without a spool); a session still open then
+(a client still uploading its DATA) is answered ``421 4.3.2`` and closed.
 """
 
 from __future__ import annotations
@@ -38,19 +39,23 @@ async def finish_sessions(
     grace_over: asyncio.Event | None = None,
     answer_grace: float = ANSWER_GRACE,
 ) -> int:
-    """Wait up to ``grace`` seconds for ``sessions`` to end; cancel the rest and count them.
+    """Wait up to ``grace`` seconds for ``sessions`` to end; cut the rest and count them.
 
-    With ``grace_over``: set when ``grace`` has passed, then the sessions still open get
-    ``answer_grace`` seconds more to answer the transaction in progress.
+    With ``grace_over``: set when ``grace`` has passed, then the sessions still delivering
+    a message get ``answer_grace`` seconds more to answer it. Every other session still
+    open gets ``421 4.3.2`` before it is closed and its task cancelled.
     """
-    tasks = [t for s in sessions if (t := s.task) is not None]
-    if not tasks:
+    serving = {t: s for s in sessions if (t := s.task) is not None}
+    if not serving:
         return 0
-    _, pending = await asyncio.wait(tasks, timeout=grace)
-    if pending and grace_over is not None:
+    _, pending = await asyncio.wait(serving, timeout=grace)
+    delivering = {t for t in pending if serving[t].delivering}
+    if delivering and grace_over is not None:
         grace_over.set()
-        _, pending = await asyncio.wait(pending, timeout=answer_grace)
+        _, still = await asyncio.wait(delivering, timeout=answer_grace)
+        pending = (pending - delivering) | still
     for task in pending:
+        serving[task].cut()
         task.cancel()
     await asyncio.gather(*pending, return_exceptions=True)
     return len(pending)

@@ -25,7 +25,8 @@
   the DATA section is read and restarts after the reply, so a slow upload to AhaSend (or a
   delivery that ends in the spool) is always answered and logged, never cut with 421.
 - At shutdown ``drain`` closes the session with ``421 4.3.2``: at once between
-  transactions, else right after the transaction in progress (DATA answered, or RSET).
+  transactions, else right after the transaction in progress (DATA answered, or RSET);
+  ``cut`` answers ``421 4.3.2`` and closes a session still open when the shutdown ends.
 """
 
 from __future__ import annotations
@@ -133,6 +134,7 @@ class RelaySession(SMTP):
         self._holds_slot = False
         self._auth_failures = 0
         self._draining = False
+        self._delivering = False
         self._raw_replies = False
         self._junk_commands = 0
         super().__init__(
@@ -150,6 +152,11 @@ class RelaySession(SMTP):
     def peer(self) -> Any:
         """The connected peer (``(host, port)``; the load balancer with the PROXY protocol)."""
         return self.session.peer if self.session is not None else None
+
+    @property
+    def delivering(self) -> bool:
+        """True from the end of a DATA section until its reply is written."""
+        return self._delivering
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -223,6 +230,12 @@ class RelaySession(SMTP):
         self._draining = True
         if self.envelope is None or self.envelope.mail_from is None:
             self._refuse()
+
+    def cut(self) -> None:
+        """The shutdown's last word: ``421 4.3.2`` and close, whatever the session is doing
+        (a client still uploading DATA, a transaction that overran every grace period)."""
+        self._draining = True
+        self._refuse()
 
     async def smtp_RSET(self, arg: str) -> None:
         if await self._junk():
@@ -379,11 +392,13 @@ class RelaySession(SMTP):
         The idle timer is paused meanwhile: the client is waiting for us, not idle.
         """
         self._pause_idle_timer()
+        self._delivering = True
         try:
             status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
             self._end_transaction()
             await self.push(status)
         finally:
+            self._delivering = False
             self._resume_idle_timer()
 
     def _resume_idle_timer(self) -> None:
