@@ -119,6 +119,7 @@ def spool(request: pytest.FixtureRequest, tmp_path: Path) -> Path | None:
     return tmp_path if request.param == "spool" else None
 
 
+@pytest.mark.e2e
 def test_a_revoked_key_is_unready_from_the_start_up_account_read(
     standin: StandIn, spool: Path | None
 ) -> None:
@@ -129,6 +130,7 @@ def test_a_revoked_key_is_unready_from_the_start_up_account_read(
     assert standin.requests == []
 
 
+@pytest.mark.e2e
 def test_a_401_on_the_last_message_is_unready(standin: StandIn, spool: Path | None) -> None:
     with relay_with(standin, spool) as relay:
         assert readyz(relay) == (200, "ready: listening, AhaSend reachable")
@@ -143,6 +145,7 @@ def test_a_401_on_the_last_message_is_unready(standin: StandIn, spool: Path | No
         assert readyz(relay) == (200, "ready: listening, AhaSend reachable")
 
 
+@pytest.mark.e2e
 def test_a_403_does_not_make_the_relay_unready(standin: StandIn, spool: Path | None) -> None:
     with relay_with(standin, spool) as relay:
         standin.script(Scripted(403, {"message": "sender domain not verified"}))
@@ -151,6 +154,7 @@ def test_a_403_does_not_make_the_relay_unready(standin: StandIn, spool: Path | N
         assert readyz(relay) == (200, "ready: listening, AhaSend reachable")
 
 
+@pytest.mark.e2e
 def test_an_outage_by_503_is_unready_only_without_a_spool(
     standin: StandIn, spool: Path | None
 ) -> None:
@@ -165,6 +169,7 @@ def test_an_outage_by_503_is_unready_only_without_a_spool(
         )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_an_open_circuit_is_unready_only_without_a_spool(
     standin: StandIn, spool: Path | None
 ) -> None:
@@ -181,6 +186,7 @@ def test_an_open_circuit_is_unready_only_without_a_spool(
         )  # fmt: skip
 
 
+@pytest.mark.e2e
 def test_an_outage_by_refused_connection_is_unready_only_without_a_spool(
     spool: Path | None,
 ) -> None:
