@@ -79,6 +79,11 @@ class Relay:
     admin: AdminServer | None
     stop_retrying: asyncio.Event
     """Set at shutdown: every route's in-transaction retries end (``RetryingSender``)."""
+    client: Sender | None
+    """The global key's API client (None without a global key); read at start-up."""
+    grace_over: asyncio.Event
+    """Set when the shutdown grace period ends: API calls still running are abandoned
+    (spooled, or 421) by the ``Dispatcher``."""
 
 
 async def assemble(
@@ -106,14 +111,14 @@ async def assemble(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
     )
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
-    stop_retrying = asyncio.Event()
+    stop_retrying, grace_over = asyncio.Event(), asyncio.Event()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
     router = build_router(settings, guard, client, metrics, stop_retrying)
     guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
     policy = SpoolPolicy.from_settings(settings)
     handler = RelayHandler(
-        Dispatcher(router, spool, policy, metrics),
+        Dispatcher(router, spool, policy, metrics, grace_over=grace_over),
         max_recipients=settings.relay_max_recipients,
         accepted_reply=DRY_RUN_ACCEPTED if settings.relay_dry_run else QUEUED,
         sender_policy=guard.senders,
@@ -124,6 +129,7 @@ async def assemble(
         settings=settings, guard=guard, metrics=metrics, router=router, handler=handler,
         spool=spool, worker=_worker(settings, spool, router, policy, metrics),
         admin=_admin_server(settings, metrics, listening), stop_retrying=stop_retrying,
+        grace_over=grace_over, client=client,
     )  # fmt: skip
 
 

@@ -4,10 +4,11 @@
 everything in order on one ``contextlib.AsyncExitStack`` (as uvicorn's server runs
 startup, serve and shutdown): the parts ``assemble`` opens (the spool, the API client),
 then the SMTP listener, the implicit-TLS listener (``RELAY_SMTPS_PORT``), the admin server
-(``RELAY_METRICS_PORT``) and the spool worker task. A failure at any step unwinds that
-stack, so everything opened before it is closed again, and the error propagates (the CLI
-turns it into an exit status). ``stop`` drains, then unwinds the same stack: one cleanup
-path for both.
+(``RELAY_METRICS_PORT``), the spool worker task and one background read of the account
+(``relay.delivery.api.check_account``: ``/readyz`` learns of a refused key at once). A
+failure at any step unwinds that stack, so everything opened before it is closed again,
+and the error propagates (the CLI turns it into an exit status). ``stop`` drains, then
+unwinds the same stack: one cleanup path for both.
 
 ``run`` wraps it for the CLI, again on one exit stack: SIGHUP (re-read the TLS certificate
 and the AUTH users, ``RelayServer.reload``, listeners stay up) from before the listeners
@@ -26,7 +27,10 @@ Graceful shutdown (SIGTERM), all within ``RELAY_SHUTDOWN_TIMEOUT`` seconds: the 
 stays open but answers new connections ``421 4.3.2`` and closes them; sessions between
 transactions get 421 and are closed; a transaction in flight finishes (without further
 in-transaction retries: what still fails is spooled, or gets a 4xx) and its session
-then gets 421. Sessions still open at the end are closed. Meanwhile the spool worker
+then gets 421. An API call still running when the grace period ends is abandoned: its
+request is spooled (same Idempotency-Key) and answered 250, or answered ``421 4.3.2``
+without a spool, within a few more seconds (``relay.smtp.drain.ANSWER_GRACE``).
+Sessions still open after that are closed. Meanwhile the spool worker
 stops after its delivery round in progress (a safe point; it is cancelled if it
 overruns the grace period, which is safe too: a spooled row only changes after the API
 answered). Then the stack unwinds: the worker is awaited, the admin server stopped, the
@@ -45,10 +49,11 @@ from types import TracebackType
 from relay import __version__
 from relay.assembly import Relay, assemble, reload_tenants
 from relay.config import Settings
+from relay.delivery.api import AhaSendClient, check_account
 from relay.delivery.sender import Sender
 from relay.delivery.spool import SpoolBackend
 from relay.delivery.worker import SpoolWorker
-from relay.errors import ConfigError
+from relay.errors import ConfigError, RelayError
 from relay.ops.admin import AdminServer
 from relay.ops.log import get_logger
 from relay.ops.metrics import RelayMetrics
@@ -82,6 +87,7 @@ class RelayServer:
         self._draining = False
         self._ends: float | None = None
         """When the shutdown grace period ends (loop time); None before ``stop``."""
+        self._account_check: asyncio.Task[RelayError | None] | None = None
 
     async def __aenter__(self) -> RelayServer:
         await self.start()
@@ -142,6 +148,11 @@ class RelayServer:
         return port
 
     @property
+    def account_check(self) -> asyncio.Task[RelayError | None] | None:
+        """The start-up account read (None in dry run or with an injected sender)."""
+        return self._account_check
+
+    @property
     def listening(self) -> bool:
         """True while the SMTP listener accepts connections."""
         return self._server is not None and self._server.is_serving()
@@ -164,7 +175,17 @@ class RelayServer:
             if self.worker is not None:
                 self._worker_task = asyncio.create_task(self.worker.run(), name="spool-worker")
                 resources.push_async_callback(self._stop_worker)
+            self._start_account_check(resources)
             self._resources = resources.pop_all()
+
+    def _start_account_check(self, resources: AsyncExitStack) -> None:
+        """Read the account in the background: /readyz learns of a refused key at once."""
+        client = self.relay.client
+        if not isinstance(client, AhaSendClient):
+            return  # dry run, or a sender given by a test
+        task = asyncio.create_task(check_account(client), name="account-check")
+        self._account_check = task
+        resources.push_async_callback(_cancelled, task)
 
     async def _listen(self, resources: AsyncExitStack) -> None:
         """Bind the SMTP listener and, with RELAY_SMTPS_PORT, the implicit-TLS one."""
@@ -205,7 +226,7 @@ class RelayServer:
             self.worker.stop()  # it ends after its round in progress
         for session in list(self._sessions):
             session.drain()
-        abandoned = await finish_sessions(self._sessions, grace)
+        abandoned = await finish_sessions(self._sessions, grace, self.relay.grace_over)
         resources, self._resources = self._resources, None
         await resources.aclose()
         log.info("stopped", abandoned_sessions=abandoned)
@@ -252,6 +273,12 @@ class RelayServer:
         )
         self._sessions.add(session)
         return session
+
+
+async def _cancelled(task: asyncio.Task[RelayError | None]) -> None:
+    """Cancel ``task`` (if still running) and wait for it to end."""
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def _handshake_timeout(settings: Settings) -> float:

@@ -33,8 +33,12 @@ class RunningRelay:
         return self
 
     async def _start(self) -> RelayServer:
+        """Start the relay; return once its start-up account read is done too, so that
+        tests see the upstream requests and readiness that follow from their own steps."""
         server = RelayServer(self.settings, self._sender)
         await server.start()
+        if server.account_check is not None:
+            await asyncio.wait([server.account_check], timeout=10)
         return server
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,10 @@ import pytest
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.policy import Backoff, SpoolPolicy
 from relay.delivery.route import Submission
+from relay.delivery.sender import Delivery
 from relay.delivery.spool import SqliteSpool
-from relay.errors import InternalError, UpstreamRejected, UpstreamServerError
+from relay.errors import InternalError, ShuttingDown, UpstreamRejected, UpstreamServerError
+from relay.smtp.replies import SERVICE_NOT_AVAILABLE, reply_for
 from tests.fakes import ACCEPTED, ScriptedSender, one_route
 
 SUBMISSION = Submission("a@x.org", ("b@y.org",))
@@ -57,3 +60,68 @@ async def test_a_spool_that_cannot_write_means_a_transient_reply(tmp_path: Path)
     sender = ScriptedSender([UpstreamServerError("503")])
     with pytest.raises(InternalError):
         await Dispatcher(one_route(sender), spool).send_all([b"1"], ["k"], SUBMISSION)
+
+
+class HangingSender(ScriptedSender):
+    """Never answers: each call waits until it is cancelled (counted in ``cancelled``)."""
+
+    def __init__(self) -> None:
+        super().__init__([ACCEPTED])
+        self.cancelled = 0
+        self.called = asyncio.Event()
+
+    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+        self.calls.append((body, idempotency_key))
+        self.called.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        raise AssertionError("unreachable")
+
+
+async def end_grace_when_called(sender: HangingSender, grace_over: asyncio.Event) -> None:
+    await sender.called.wait()
+    grace_over.set()
+
+
+async def test_a_call_running_when_the_grace_period_ends_is_abandoned_421() -> None:
+    sender, grace_over = HangingSender(), asyncio.Event()
+    dispatcher = Dispatcher(one_route(sender), grace_over=grace_over)
+    ending = asyncio.ensure_future(end_grace_when_called(sender, grace_over))
+    with pytest.raises(ShuttingDown, match="grace period"):
+        await asyncio.wait_for(dispatcher.send_all([b"1"], ["k"], SUBMISSION), 5)
+    await ending
+    assert sender.cancelled == 1
+    assert reply_for(ShuttingDown()) == SERVICE_NOT_AVAILABLE
+
+
+async def test_a_call_running_when_the_grace_period_ends_is_spooled_with_its_key(
+    tmp_path: Path,
+) -> None:
+    spool, sender, grace_over = SqliteSpool(tmp_path), HangingSender(), asyncio.Event()
+    dispatcher = Dispatcher(one_route(sender), spool, grace_over=grace_over)
+    ending = asyncio.ensure_future(end_grace_when_called(sender, grace_over))
+    deliveries = await asyncio.wait_for(
+        dispatcher.send_all([b"1", b"2"], ["k0", "k1"], SUBMISSION), 5
+    )
+    await ending
+    assert [d.spooled for d in deliveries] == [True, True]
+    assert sender.keys == ["k0"]  # no new call once the grace period is over
+    entries = await spool.entries()
+    assert [e.idempotency_key for e in entries] == ["k0", "k1"]
+    assert entries[0].last_error is not None
+    assert entries[0].last_error.startswith("ShuttingDown: API call still running")
+    await spool.close()
+
+
+async def test_after_the_grace_period_no_call_is_made() -> None:
+    grace_over = asyncio.Event()
+    grace_over.set()
+    sender = ScriptedSender([ACCEPTED])
+    with pytest.raises(ShuttingDown):
+        await Dispatcher(one_route(sender), grace_over=grace_over).send_all(
+            [b"1"], ["k"], SUBMISSION
+        )
+    assert sender.calls == []

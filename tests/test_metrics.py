@@ -193,7 +193,7 @@ async def test_readiness_rule() -> None:
     metrics = RelayMetrics()
     assert readiness(False, False, metrics)[0] is False
     assert readiness(True, False, metrics)[0] is True  # AhaSend not contacted yet
-    metrics.upstream_reachable = False
+    metrics.record_upstream("unreachable", None, reachable=False)
     assert readiness(True, False, metrics) == (
         False, "not ready: AhaSend unreachable at the last request",
     )  # fmt: skip
@@ -206,13 +206,13 @@ async def test_readiness_rule() -> None:
         return SpoolStats(queued=1, dead=0, delivered=0, oldest_age=1, max_attempts=0)
 
     metrics = RelayMetrics(spool_stats=stats)
-    metrics.upstream_reachable = False
+    metrics.record_upstream("unreachable", None, reachable=False)
     await metrics.refresh()
     assert readiness(True, False, metrics)[0] is False
     healthy[0] = True
     await metrics.refresh()
     assert readiness(True, False, metrics) == (
-        True, "ready: listening, AhaSend unreachable, spool healthy",
+        True, "ready: listening, AhaSend unreachable at the last request, spool healthy",
     )  # fmt: skip
 
 

@@ -71,7 +71,9 @@ def test_metrics_count_messages_upstream_statuses_and_latency(
 ) -> None:
     port = admin_port(relay)
     before = get(port, "/metrics")[1]
-    assert value(before, "ahasend_relay_upstream_request_duration_seconds_count") == 0
+    # The start-up account read is the only upstream request so far.
+    assert value(before, "ahasend_relay_upstream_responses_total", status="200") == 1
+    assert value(before, "ahasend_relay_upstream_request_duration_seconds_count") == 1
     standin.script(Scripted(202), Scripted(202), Scripted(500))
     codes = [code for code, _ in send(relay.port, message("a"), message("b"), message("c"))]
     assert codes == [250, 250, 451]
@@ -83,8 +85,8 @@ def test_metrics_count_messages_upstream_statuses_and_latency(
     assert value(after, "ahasend_relay_messages_total", result="deferred", code="451") == 1
     assert value(after, "ahasend_relay_upstream_responses_total", status="202") == 2
     assert value(after, "ahasend_relay_upstream_responses_total", status="500") == 1
-    assert value(after, "ahasend_relay_upstream_request_duration_seconds_count") == 3
-    assert value(after, "ahasend_relay_upstream_request_duration_seconds_bucket", le="+Inf") == 3
+    assert value(after, "ahasend_relay_upstream_request_duration_seconds_count") == 4
+    assert value(after, "ahasend_relay_upstream_request_duration_seconds_bucket", le="+Inf") == 4
     assert value(after, "ahasend_relay_sessions_open") is not None
     assert value(after, "ahasend_relay_auth_failures_total") == 0
     assert value(after, "ahasend_relay_messages_accepted_total", route="sent") == 2
@@ -121,7 +123,7 @@ def test_rejected_message_is_counted_with_its_code(relay: RunningRelay, standin:
 def test_health_endpoints(relay: RunningRelay) -> None:
     port = admin_port(relay)
     assert get(port, "/healthz")[:2] == (200, "ok\n")
-    assert get(port, "/readyz")[:2] == (200, "ready: listening, AhaSend not contacted yet\n")
+    assert get(port, "/readyz")[:2] == (200, "ready: listening, AhaSend reachable\n")
     assert get(port, "/readyz?verbose=1")[0] == 200
     assert get(port, "/nope")[0] == 404
     assert get(port, "/metrics", method="POST")[0] == 405

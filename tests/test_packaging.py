@@ -274,7 +274,9 @@ def test_kubernetes_example_runs_the_relay_as_a_native_sidecar_on_localhost() ->
     metrics_port = relay_env["RELAY_METRICS_PORT"]["value"]
     assert relay["ports"] == [{"name": "metrics", "containerPort": int(metrics_port)}]
     assert relay["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert relay["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # The sidecar's readiness would gate the application's pod: no readiness probe.
+    assert "readinessProbe" not in relay
+    assert relay["startupProbe"]["httpGet"]["path"] == "/healthz"
     state = {m["name"]: m["mountPath"] for m in relay["volumeMounts"]}["relay-state"]
     assert relay_env["RELAY_SPOOL_DIR"]["value"].startswith(state + "/")
 

@@ -32,7 +32,7 @@ from relay.errors import (
 from relay.ops.log import get_logger
 from relay.smtp.replies import sanitize
 
-__all__ = ["MAX_CONNECTIONS", "USER_AGENT", "AhaSendClient", "error_for_status"]
+__all__ = ["MAX_CONNECTIONS", "USER_AGENT", "AhaSendClient", "check_account", "error_for_status"]
 
 log = get_logger("relay.delivery.api")
 USER_AGENT: Final = f"ahasend-relay/{__version__}"
@@ -113,6 +113,23 @@ class AhaSendClient:
         if not response.is_success:
             raise error_for_status(response)
         return response
+
+
+async def check_account(client: AhaSendClient) -> RelayError | None:
+    """Read the account once (``GET /v2/accounts/{id}``); the error, or None when it worked.
+
+    The relay does it at start-up so that ``/readyz`` knows a refused key (401) before
+    the first message: the outcome reaches it through the metered transport. A 403 (a
+    key without the ``accounts:read`` scope, enough for sending) is logged at info level.
+    """
+    try:
+        await client.get_account()
+    except RelayError as exc:
+        level = log.info if isinstance(exc, UpstreamForbidden) else log.warning
+        level("account_check_failed", error=type(exc).__name__, detail=exc.detail)
+        return exc
+    log.info("account_check_ok")
+    return None
 
 
 def error_for_status(response: httpx.Response) -> RelayError:

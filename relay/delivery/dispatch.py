@@ -9,18 +9,25 @@ is configured: then that request and every later one of the transaction are writ
 the spool (committed and fsync'd) and come back as ``Delivery(spooled=True)``, so the
 handler may answer 250 only once nothing acknowledged can be lost. Requests the API took
 stay sent.
+
+At shutdown, once the grace period is over (``grace_over`` set, by ``relay.server``), an
+API call still running is abandoned: it counts as a transient ``ShuttingDown`` failure,
+so the request is spooled with its own Idempotency-Key (AhaSend replays rather than
+sends twice if the abandoned call did get through) and the client gets its 250, or,
+without a spool, ``421 4.3.2``: a reply in every case, never a silent close.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.route import Router, Submission
-from relay.delivery.sender import Delivery
+from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import SpoolBackend
-from relay.errors import InternalError, TransientError
+from relay.errors import InternalError, ShuttingDown, TransientError
 from relay.ops.log import get_logger
 
 __all__ = ["Dispatcher"]
@@ -29,7 +36,10 @@ log = get_logger("relay.delivery.dispatch")
 
 
 class Dispatcher:
-    """Sends by ``router``'s routes; spools transient failures when ``spool`` is given."""
+    """Sends by ``router``'s routes; spools transient failures when ``spool`` is given.
+
+    Once ``grace_over`` is set, a send in progress is abandoned (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -37,11 +47,13 @@ class Dispatcher:
         spool: SpoolBackend | None = None,
         policy: SpoolPolicy | None = None,
         events: DeliveryEvents = NO_EVENTS,
+        grace_over: asyncio.Event | None = None,
     ) -> None:
         self._router = router
         self._spool = spool
         self._policy = policy or SpoolPolicy()
         self._events = events
+        self._grace_over = grace_over if grace_over is not None else asyncio.Event()
 
     async def send_all(
         self, bodies: Sequence[bytes], keys: Sequence[str], submission: Submission
@@ -54,7 +66,7 @@ class Dispatcher:
         for body, key in zip(bodies, keys, strict=True):
             if failure is None:
                 try:
-                    deliveries.append(await sender.send(body, key))
+                    deliveries.append(await self._send_unless_over(sender, body, key))
                     continue
                 except TransientError as exc:
                     if self._spool is None:
@@ -62,6 +74,23 @@ class Dispatcher:
                     failure = exc
             deliveries.append(await self._spool_one(body, key, submission, failure, route.name))
         return deliveries
+
+    async def _send_unless_over(self, sender: Sender, body: bytes, key: str) -> Delivery:
+        """``sender.send``, abandoned with ``ShuttingDown`` if the grace period ends first."""
+        if self._grace_over.is_set():
+            raise ShuttingDown("shutdown grace period over")
+        send = asyncio.ensure_future(sender.send(body, key))
+        over = asyncio.ensure_future(self._grace_over.wait())
+        try:
+            await asyncio.wait((send, over), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            over.cancel()
+            send.cancel()  # no effect once it is done
+        await asyncio.wait((send,))  # the cancelled call unwinds (closes its connection)
+        if send.cancelled():
+            log.warning("api_call_abandoned", idempotency_key=key)
+            raise ShuttingDown("API call still running when the shutdown grace period ended")
+        return send.result()  # done before the cancel took effect: its own outcome
 
     async def _spool_one(
         self, body: bytes, key: str, submission: Submission, why: TransientError, route: str

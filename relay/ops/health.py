@@ -1,11 +1,20 @@
 """Health, from both sides: the readiness rule the relay applies to itself (``/readyz``),
 and the probe that ``ahasend-relay healthcheck`` runs against a running relay.
 
-Readiness: the relay is ready when it listens and mail it accepts can go somewhere:
-AhaSend answered the last request (any HTTP status counts as reachable; nothing sent
-yet counts as reachable too, since probing AhaSend on every scrape would be a load and
-a failure amplifier), or the spool reports itself healthy and will hold mail until
-AhaSend is back. In dry-run mode nothing goes upstream, so listening is enough.
+Readiness means "can accept mail now", judged from what the relay already knows (the
+last upstream request, the circuit breaker, the spool's last stats read; probing
+AhaSend on every check would be a load and a failure amplifier):
+
+- not listening: not ready. Dry run: listening is enough.
+- a refused key (AhaSend answered 401 to the last request, the start-up account read
+  included) or a wrong account (404): not ready in every mode, since every message would
+  only be deferred. The body names the reason.
+- an outage (the last request refused, reset or timed out, a 5xx, or the circuit
+  breaker open): with a healthy spool still ready, since the spool takes the mail and
+  delivers it later (its depth and age are metrics and alerts); without a spool, or with
+  one that does not answer, not ready.
+- anything else is ready, a 403 included: it is usually about one message (an
+  unverified sender domain, a key without a scope), not the relay.
 
 The probe: an SMTP greeting (``220``) from the relay's port, then, when the metrics
 port is configured, ``200`` from ``/healthz``. Both with a short timeout.
@@ -16,27 +25,59 @@ from __future__ import annotations
 import http.client
 import smtplib
 from dataclasses import dataclass
+from typing import Final
 
 from relay.ops.metrics import RelayMetrics
 
-__all__ = ["Probe", "connect_host", "probe", "readiness"]
+__all__ = ["REFUSED", "Probe", "connect_host", "probe", "readiness"]
 
 GREETING = 220
 
 
 def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bool, str]:
-    """(ready, reason) for ``/readyz``."""
+    """(ready, reason) for ``/readyz``; see the module docstring for the rule."""
     if not listening:
         return False, "not ready: SMTP listener is not accepting connections"
     if dry_run:
         return True, "ready: listening (dry run)"
-    if metrics.upstream_reachable is None:
+    refused = REFUSED.get(metrics.upstream_last or "")
+    if refused is not None:
+        return False, f"not ready: {refused}"
+    outage = _outage(metrics)
+    if outage is not None:
+        return _through_outage(outage, metrics.spool_healthy)
+    if metrics.upstream_last is None:
         return True, "ready: listening, AhaSend not contacted yet"
-    if metrics.upstream_reachable:
-        return True, "ready: listening, AhaSend reachable"
-    if metrics.spool_healthy:
-        return True, "ready: listening, AhaSend unreachable, spool healthy"
-    return False, "not ready: AhaSend unreachable at the last request"
+    return True, "ready: listening, AhaSend reachable"
+
+
+def _through_outage(outage: str, spool_healthy: bool | None) -> tuple[bool, str]:
+    """Ready during ``outage`` only when a healthy spool takes the mail."""
+    if spool_healthy:
+        return True, f"ready: listening, {outage}, spool healthy"
+    if spool_healthy is None:
+        return False, f"not ready: {outage}"
+    return False, f"not ready: {outage}, spool unavailable"
+
+
+REFUSED: Final = {
+    "401": "AhaSend refused the API key (401 at the last request): check AHASEND_API_KEY",
+    "404": "AhaSend does not know the account (404 at the last request):"
+    " check AHASEND_ACCOUNT_ID and AHASEND_API_BASE_URL",
+}
+"""Upstream statuses that make the relay unready in every mode, with the reason shown."""
+
+
+def _outage(metrics: RelayMetrics) -> str | None:
+    """What shows AhaSend is unavailable now, or None."""
+    if metrics.circuit_is_open:
+        return "AhaSend circuit open"
+    last = metrics.upstream_last
+    if last in ("unreachable", "timeout"):
+        return "AhaSend unreachable at the last request"
+    if last is not None and last.isdigit() and int(last) >= 500:
+        return f"AhaSend answered {last} at the last request"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

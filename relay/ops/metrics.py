@@ -20,10 +20,11 @@ from here):
   retries (``relay.delivery.events.DeliveryEvents``);
 - ``MeteredTransport`` wraps the AhaSend client's httpx transport: each request's latency
   and status code (or failure kind), and whether AhaSend was reachable last time
-  (``upstream_reachable``, used by ``/readyz``);
+  (``upstream_reachable``) and the last status (``upstream_last``), used by ``/readyz``;
 - the open-session count and the spool's async stats reader are given at construction;
   ``watch_readiness`` adds the readiness gauge;
-- ``circuit_open`` follows the upstream circuit breaker (``relay.delivery.circuit``).
+- ``circuit_open`` follows the upstream circuit breaker (``relay.delivery.circuit``);
+  ``circuit_is_open`` keeps its state for ``/readyz``.
 """
 
 from __future__ import annotations
@@ -158,6 +159,10 @@ class RelayMetrics:
         )
         self._init_delivery(registry)
         self.upstream_reachable: bool | None = None
+        self.upstream_last: str | None = None
+        """The status label of the last upstream request (``"202"``, ``"401"``,
+        ``"unreachable"``, ``"timeout"``); None before the first one (``/readyz``)."""
+        self.circuit_is_open = False
         self._spool_stats = spool_stats
         self._snapshot: SpoolStats | None = None
         if sessions_open is not None:
@@ -222,6 +227,7 @@ class RelayMetrics:
     def circuit_changed(self, is_open: bool) -> None:
         """The upstream circuit breaker opened or closed (the ``circuit_open`` gauge)."""
         self.circuit_open.set(1.0 if is_open else 0.0)
+        self.circuit_is_open = is_open
 
     def spool_event(self, event: str) -> None:
         """A request ``spooled``, ``delivered``, ``deferred`` or ``dead``."""
@@ -235,6 +241,7 @@ class RelayMetrics:
         if seconds is not None:
             self.upstream_latency.observe(seconds)
         self.upstream_reachable = reachable
+        self.upstream_last = status
 
     # -- gauges -----------------------------------------------------------------------
     def _watch_sessions(self, count: Callable[[], int]) -> None:

@@ -21,8 +21,12 @@
   AUTH PLAIN and LOGIN (any letter case, with or without an initial response) are verified
   off the event loop (``relay.smtp.auth``), ``235 2.7.0`` / ``535 5.7.8``, ``421 4.7.0`` and
   the connection closed after ``RELAY_AUTH_MAX_FAILURES``; an idle session gets ``421 4.4.2``.
+- The idle timer (``RELAY_SMTP_TIMEOUT``) measures the client, not the relay: it stops once
+  the DATA section is read and restarts after the reply, so a slow upload to AhaSend (or a
+  delivery that ends in the spool) is always answered and logged, never cut with 421.
 - At shutdown ``drain`` closes the session with ``421 4.3.2``: at once between
-  transactions, else right after the transaction in progress (DATA answered, or RSET).
+  transactions, else right after the transaction in progress (DATA answered, or RSET);
+  ``cut`` answers ``421 4.3.2`` and closes a session still open when the shutdown ends.
 """
 
 from __future__ import annotations
@@ -69,7 +73,13 @@ __all__ = ["PRIVATE_AIOSMTPD_NAMES", "RelaySession", "without_auth_param"]
 
 log = get_logger("relay.smtp.session")
 
-PRIVATE_AIOSMTPD_NAMES: Final = ("_handle_client", "_reader", "_timeout_cb")
+PRIVATE_AIOSMTPD_NAMES: Final = (
+    "_handle_client",
+    "_reader",
+    "_timeout_cb",
+    "_timeout_handle",
+    "_reset_timeout",
+)
 """The private aiosmtpd names the relay touches, all in ``RelaySession`` (see its docstring)."""
 
 
@@ -80,7 +90,7 @@ class RelaySession(SMTP):
     (``relay.smtp.guard.GuardedHandler`` in front of the delivery handler: ``handle_PROXY``,
     ``handle_EHLO/MAIL/RCPT/DATA``, ``handle_exception``), the ``smtp_*`` command methods,
     the ``auth_PLAIN``/``auth_LOGIN`` mechanism hooks (``challenge_auth``, ``AuthResult``),
-    ``push`` and ``connection_lost``. Three private aiosmtpd names remain, where aiosmtpd
+    ``push`` and ``connection_lost``. Five private aiosmtpd names remain, where aiosmtpd
     has no public hook (``PRIVATE_AIOSMTPD_NAMES``; pinned by ``aiosmtpd>=1.4.6,<1.5``, and
     ``tests/test_aiosmtpd_private.py`` fails naming the attribute if an upgrade drops one):
 
@@ -88,13 +98,16 @@ class RelaySession(SMTP):
       before the greeting, bind the log context, remember its task (``task``, for
       ``relay.smtp.drain.finish_sessions``) and log the ``session`` event at the end;
     - ``_reader`` (the connection's ``StreamReader``): DATA is read from it in chunks;
-    - ``_timeout_cb`` (aiosmtpd's idle timer expired): ``421 4.4.2`` before aiosmtpd closes.
+    - ``_timeout_cb`` (aiosmtpd's idle timer expired): ``421 4.4.2`` before aiosmtpd closes;
+    - ``_timeout_handle`` (the idle timer's ``TimerHandle``): cancelled while the relay works
+      on a received DATA (translation, delivery or spooling), so a slow API never trips the
+      client's idle timeout;
+    - ``_reset_timeout`` (aiosmtpd re-arms the idle timer): called once the DATA reply is
+      written, so the client gets a full ``RELAY_SMTP_TIMEOUT`` for its next command.
 
     Room to grow: connection rules at connect belong in ``Guard.admit`` /
     ``relay.smtp.access``; command limits and answers (a second STARTTLS) in ``smtp_*``
-    overrides; idle-timer policy (stress-adaptive, paused while DATA is delivered) next to
-    ``_timeout_cb`` — aiosmtpd re-arms its timer in ``_reset_timeout``, which such a change
-    would add to the list above.
+    overrides; more idle-timer policy (stress-adaptive) next to ``_pause_idle_timer``.
     """
 
     AuthLoginUsernameChallenge = "Username:"
@@ -123,6 +136,7 @@ class RelaySession(SMTP):
         self._holds_slot = False
         self._auth_failures = 0
         self._draining = False
+        self._delivering = False
         self._raw_replies = False
         self._junk_commands = 0
         super().__init__(
@@ -140,6 +154,11 @@ class RelaySession(SMTP):
     def peer(self) -> Any:
         """The connected peer (``(host, port)``; the load balancer with the PROXY protocol)."""
         return self.session.peer if self.session is not None else None
+
+    @property
+    def delivering(self) -> bool:
+        """True from the end of a DATA section until its reply is written."""
+        return self._delivering
 
     @property
     def task(self) -> asyncio.Task[None] | None:
@@ -213,6 +232,12 @@ class RelaySession(SMTP):
         self._draining = True
         if self.envelope is None or self.envelope.mail_from is None:
             self._refuse()
+
+    def cut(self) -> None:
+        """The shutdown's last word: ``421 4.3.2`` and close, whatever the session is doing
+        (a client still uploading DATA, a transaction that overran every grace period)."""
+        self._draining = True
+        self._refuse()
 
     async def smtp_RSET(self, arg: str) -> None:
         if await self._junk():
@@ -368,10 +393,29 @@ class RelaySession(SMTP):
             return None
 
     async def _deliver(self) -> None:
-        """Run the handler's DATA hook on the envelope and answer with its status."""
-        status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
-        self._end_transaction()
-        await self.push(status)
+        """Run the handler's DATA hook on the envelope and answer with its status.
+
+        The idle timer is paused meanwhile: the client is waiting for us, not idle.
+        """
+        self._pause_idle_timer()
+        self._delivering = True
+        try:
+            status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
+            self._end_transaction()
+            await self.push(status)
+        finally:
+            self._delivering = False
+            self._resume_idle_timer()
+
+    def _resume_idle_timer(self) -> None:
+        """Re-arm the idle timer for a full ``RELAY_SMTP_TIMEOUT`` (if still connected)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()
+
+    def _pause_idle_timer(self) -> None:
+        """Stop aiosmtpd's idle timer until ``_reset_timeout`` re-arms it."""
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()  # connection_lost cancels it again: harmless
 
     def _end_transaction(self) -> None:
         self.envelope = Envelope()  # what aiosmtpd's own DATA leaves behind
