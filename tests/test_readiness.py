@@ -96,6 +96,22 @@ async def test_a_refused_key_is_unready_even_in_front_of_a_healthy_spool() -> No
     assert readiness(True, True, metrics)[0] is True  # a dry run sends nothing
 
 
+def test_one_tenants_refused_key_is_named_but_leaves_the_relay_ready() -> None:
+    metrics = RelayMetrics()
+    metrics.record_upstream("202", 0.1, True, tenant="billing")
+    metrics.record_upstream("401", 0.1, True, tenant="crm")
+    refused = REFUSED_KEY.removeprefix("not ready: ")
+    assert readiness(True, False, metrics) == (
+        True, f"ready: listening, AhaSend reachable; tenant 'crm': {refused}",
+    )  # fmt: skip
+    metrics.record_upstream("401", 0.1, True, tenant="billing")
+    assert readiness(True, False, metrics) == (
+        False, f"not ready: tenant 'billing': {refused}; tenant 'crm': {refused}",
+    )  # fmt: skip
+    metrics.record_upstream("202", 0.1, True, tenant="crm")
+    assert readiness(True, False, metrics)[0] is True
+
+
 # -- end to end ------------------------------------------------------------------------
 
 

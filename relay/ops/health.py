@@ -8,7 +8,9 @@ AhaSend on every check would be a load and a failure amplifier):
 - not listening: not ready. Dry run: listening is enough.
 - a refused key (AhaSend answered 401 to the last request, the start-up account read
   included) or a wrong account (404): not ready in every mode, since every message would
-  only be deferred. The body names the reason.
+  only be deferred. The body names the reason. With tenants, each route (tenant, or the
+  global key's) counts on its own: the relay is unready only when every route that has
+  been used is refused; otherwise it stays ready and the body names the refused tenants.
 - an outage (the last request refused, reset or timed out, a 5xx, or the circuit
   breaker open): with a healthy spool still ready, since the spool takes the mail and
   delivers it later (its depth and age are metrics and alerts); without a spool, or with
@@ -27,7 +29,7 @@ import smtplib
 from dataclasses import dataclass
 from typing import Final
 
-from relay.ops.metrics import RelayMetrics
+from relay.ops.metrics import DEFAULT_TENANT, RelayMetrics
 
 __all__ = ["REFUSED", "Probe", "connect_host", "probe", "readiness"]
 
@@ -40,15 +42,28 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
         return False, "not ready: SMTP listener is not accepting connections"
     if dry_run:
         return True, "ready: listening (dry run)"
-    refused = REFUSED.get(metrics.upstream_last or "")
-    if refused is not None:
-        return False, f"not ready: {refused}"
+    refused = _refusals(metrics.upstream_last_by_tenant)
+    if refused and len(refused) == len(metrics.upstream_last_by_tenant):
+        return False, "not ready: " + "; ".join(refused)
     outage = _outage(metrics)
     if outage is not None:
-        return _through_outage(outage, metrics.spool_healthy)
-    if metrics.upstream_last is None:
-        return True, "ready: listening, AhaSend not contacted yet"
-    return True, "ready: listening, AhaSend reachable"
+        ready, reason = _through_outage(outage, metrics.spool_healthy)
+    elif metrics.upstream_last is None:
+        ready, reason = True, "ready: listening, AhaSend not contacted yet"
+    else:
+        ready, reason = True, "ready: listening, AhaSend reachable"
+    return ready, "; ".join([reason, *refused])
+
+
+def _refusals(last_by_tenant: dict[str, str]) -> list[str]:
+    """The reason of each route whose key or account AhaSend refused at its last request
+    (named after its tenant when there are tenants)."""
+    named = len(last_by_tenant) > 1 or DEFAULT_TENANT not in last_by_tenant
+    return [
+        f"tenant {tenant!r}: {REFUSED[status]}" if named else REFUSED[status]
+        for tenant, status in last_by_tenant.items()
+        if status in REFUSED
+    ]
 
 
 def _through_outage(outage: str, spool_healthy: bool | None) -> tuple[bool, str]:

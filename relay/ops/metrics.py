@@ -54,7 +54,14 @@ from relay.ops.log import get_logger
 from relay.smtp import replies
 from relay.smtp.replies import Reply
 
-__all__ = ["MessageObserver", "MeteredTransport", "RelayMetrics", "refusal_reason", "result_of"]
+__all__ = [
+    "DEFAULT_TENANT",
+    "MessageObserver",
+    "MeteredTransport",
+    "RelayMetrics",
+    "refusal_reason",
+    "result_of",
+]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: dashboards never use them
 log = get_logger("relay.upstream")
@@ -160,6 +167,9 @@ class RelayMetrics:
         self._init_delivery(registry)
         self.upstream_reachable: bool | None = None
         self.upstream_last: str | None = None
+        self.upstream_last_by_tenant: dict[str, str] = {}
+        """The last status label of each tenant's route (``DEFAULT_TENANT``: the global
+        key's); ``/readyz`` calls the relay refused only when every route is."""
         """The status label of the last upstream request (``"202"``, ``"401"``,
         ``"unreachable"``, ``"timeout"``); None before the first one (``/readyz``)."""
         self.circuit_is_open = False
@@ -242,6 +252,7 @@ class RelayMetrics:
             self.upstream_latency.observe(seconds)
         self.upstream_reachable = reachable
         self.upstream_last = status
+        self.upstream_last_by_tenant[tenant] = status
 
     # -- gauges -----------------------------------------------------------------------
     def _watch_sessions(self, count: Callable[[], int]) -> None:
