@@ -66,6 +66,7 @@ class Settings(BaseModel):
     relay_max_recipients: int = Field(default=AHASEND_MAX_RECIPIENTS, ge=1, le=50)
     relay_max_line_length: int = Field(default=64 * 1024, ge=1001)
     relay_smtp_timeout: float = Field(default=300.0, gt=0)
+    relay_stress_smtp_timeout: float = Field(default=10.0, gt=0)
     relay_shutdown_timeout: float = Field(default=30.0, ge=0)
 
     # -- delivery guarantees (retries, pacing, spool) ---------------------------------
@@ -199,6 +200,11 @@ class Settings(BaseModel):
     def binds_loopback_only(self) -> bool:
         """True when the SMTP listener is reachable from this machine only."""
         return _is_loopback(self.relay_host)
+
+    @property
+    def stress_smtp_timeout(self) -> float:
+        """The idle timeout under stress: RELAY_STRESS_SMTP_TIMEOUT, at most RELAY_SMTP_TIMEOUT."""
+        return min(self.relay_stress_smtp_timeout, self.relay_smtp_timeout)
 
     @property
     def auth_configured(self) -> bool:

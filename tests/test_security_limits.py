@@ -84,6 +84,44 @@ def test_idle_client_gets_421_timeout(standin: StandIn):
         assert smtp.closed_by_server()
 
 
+def test_under_stress_idle_sessions_get_the_short_timeout(standin: StandIn):
+    """Postfix's ``smtpd_timeout = ${stress?10}{300}``: at 80 % of the slots (4 of 5) idle
+    sessions are cut after RELAY_STRESS_SMTP_TIMEOUT, the ones already open included, and
+    a later session, with the relay no longer stressed, gets the full timeout again."""
+    settings = settings_for(
+        standin, relay_max_connections=5, relay_smtp_timeout=30.0, relay_retry_deadline=5.0,
+        relay_stress_smtp_timeout=0.5,
+    )  # fmt: skip
+    with running_relay(settings) as relay:
+        early = [Conversation(relay.port) for _ in range(3)]
+        for smtp in early:
+            assert smtp.reply().startswith("220 ")
+        time.sleep(0.8)  # not stressed: the early ones outlive the stress timeout
+        assert early[0].command("NOOP") == "250 2.0.0 OK"
+        started = time.monotonic()
+        fourth = Conversation(relay.port)  # 4 of 5 open: stressed
+        assert fourth.reply().startswith("220 ")
+        for smtp in [*early, fourth]:
+            assert smtp.reply() == "421 4.4.2 Timeout exceeded, closing connection"
+            assert smtp.closed_by_server()
+        assert time.monotonic() - started < 5
+        _wait_for(lambda: relay.server is not None and relay.server.guard.limiter.active == 0)
+        with Conversation(relay.port) as calm:
+            assert calm.reply().startswith("220 ")
+            time.sleep(0.8)
+            assert calm.command("NOOP") == "250 2.0.0 OK"
+        send_well_behaved(relay)
+        for smtp in [*early, fourth]:
+            smtp.close()
+    assert len(standin.requests) == 1
+
+
+def test_the_stress_timeout_never_exceeds_the_smtp_timeout(standin: StandIn) -> None:
+    short = settings_for(standin, relay_smtp_timeout=3.0, relay_retry_deadline=1.0)
+    assert (short.relay_stress_smtp_timeout, short.stress_smtp_timeout) == (10.0, 3.0)
+    assert settings_for(standin).stress_smtp_timeout == 10.0
+
+
 def test_trickling_client_times_out_while_others_are_served(standin: StandIn):
     """A client sending one byte at a time never completes a command: 421 4.4.2."""
     with (

@@ -10,12 +10,17 @@ outsiders hold the rest. Each client address holds at most ``per_client`` sessio
 the PROXY protocol is on, so the limit applies to the real client) and answers with the
 refusal reply or None; every admitted connection must be ``release``d exactly once.
 
+Stress (as Postfix's ``${stress?...}``): from ``STRESS_FRACTION`` of ``max_connections``
+open on, ``stressed`` is true and the sessions shorten their idle timeout
+(RELAY_STRESS_SMTP_TIMEOUT), so idle clients give their slots back.
+
 The per-peer rate is a sliding window of one minute. Memory is bounded: at most
 ``max_peers`` addresses are remembered, the least recently seen forgotten first.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
@@ -27,9 +32,10 @@ from relay.smtp.replies import (
     Reply,
 )
 
-__all__ = ["ConnectionLimiter"]
+__all__ = ["STRESS_FRACTION", "ConnectionLimiter"]
 
 WINDOW = 60.0
+STRESS_FRACTION = 0.8
 
 
 class ConnectionLimiter:
@@ -73,6 +79,11 @@ class ConnectionLimiter:
         self.active += 1
         self._open[peer] += 1
         return None
+
+    @property
+    def stressed(self) -> bool:
+        """True while ``STRESS_FRACTION`` of the slots (or more) are taken."""
+        return self.active >= max(1, math.ceil(self.max_connections * STRESS_FRACTION))
 
     @property
     def peers_remembered(self) -> int:

@@ -103,11 +103,14 @@ class RelaySession(SMTP):
       on a received DATA (translation, delivery or spooling), so a slow API never trips the
       client's idle timeout;
     - ``_reset_timeout`` (aiosmtpd re-arms the idle timer): called once the DATA reply is
-      written, so the client gets a full ``RELAY_SMTP_TIMEOUT`` for its next command.
+      written, so the client gets a full ``RELAY_SMTP_TIMEOUT`` for its next command; and
+      overridden so that, while the relay is stressed (``ConnectionLimiter.stressed``),
+      every re-arm uses RELAY_STRESS_SMTP_TIMEOUT, and sessions idle between transactions
+      are re-armed to it when stress begins (Postfix's ``smtpd_timeout = ${stress?10}{300}``).
 
     Room to grow: connection rules at connect belong in ``Guard.admit`` /
     ``relay.smtp.access``; command limits and answers (a second STARTTLS) in ``smtp_*``
-    overrides; more idle-timer policy (stress-adaptive) next to ``_pause_idle_timer``.
+    overrides; more idle-timer policy next to ``_pause_idle_timer``.
     """
 
     AuthLoginUsernameChallenge = "Username:"
@@ -205,6 +208,8 @@ class RelaySession(SMTP):
         self._holds_slot = admission.holds_slot
         refusal = admission.refusal
         if refusal is None:
+            if self.guard.limiter.stressed:
+                self._stress_everyone()
             return True
         self.guard.on_refusal(refusal)
         log.warning("connection_refused", client=address, reply=refusal.code,
@@ -406,6 +411,29 @@ class RelaySession(SMTP):
         finally:
             self._delivering = False
             self._resume_idle_timer()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd re-arms the idle timer: RELAY_STRESS_SMTP_TIMEOUT while stressed."""
+        if duration is None and self.guard.limiter.stressed:
+            duration = self.guard.settings.stress_smtp_timeout
+        super()._reset_timeout(duration)
+
+    def _stress_everyone(self) -> None:
+        """The relay just became (or still is) stressed: every open session idle between
+        transactions gets at most the stress timeout from now (one in a transaction gets it
+        at its next command)."""
+        stress = self.guard.settings.stress_smtp_timeout
+        for session in list(self._registry):
+            session._shorten_idle_timer(stress)
+
+    def _shorten_idle_timer(self, seconds: float) -> None:
+        """Re-arm the idle timer to fire within ``seconds`` (never later than it would)."""
+        handle = self._timeout_handle
+        in_transaction = self.envelope is not None and self.envelope.mail_from is not None
+        if handle is None or handle.cancelled() or in_transaction:
+            return
+        if handle.when() > self.loop.time() + seconds:
+            self._reset_timeout(seconds)
 
     def _resume_idle_timer(self) -> None:
         """Re-arm the idle timer for a full ``RELAY_SMTP_TIMEOUT`` (if still connected)."""
