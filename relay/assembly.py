@@ -138,21 +138,22 @@ def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sen
         api_key=settings.ahasend_api_key.get_secret_value(),
         account_id=str(settings.ahasend_account_id),
         timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport)
+        transport=_metered_transport(metrics, settings)
         if metrics is not None
-        else build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
+        else api_transport(settings),
     )
 
 
-def _metered_transport(
-    metrics: RelayMetrics, choice: str, connections: int = MAX_CONNECTIONS
-) -> MeteredTransport:
-    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered."""
-    inner = build_transport(choice, connections)
-    if inner is None:
-        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-        inner = httpx.AsyncHTTPTransport(limits=limits)
-    return MeteredTransport(metrics, inner)
+def api_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """The transport AHASEND_API_TRANSPORT names, through the proxy the settings chose."""
+    return build_transport(
+        settings.ahasend_api_transport, MAX_CONNECTIONS, proxy=settings.api_proxy
+    )
+
+
+def _metered_transport(metrics: RelayMetrics, settings: Settings) -> MeteredTransport:
+    """``api_transport``, metered."""
+    return MeteredTransport(metrics, api_transport(settings))
 
 
 def default_route(
@@ -284,7 +285,7 @@ def tenant_sender(settings: Settings, tenant: Tenant, metrics: RelayMetrics) -> 
         api_key=tenant.api_key,
         account_id=tenant.account_id,
         timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport),
+        transport=_metered_transport(metrics, settings),
     )
 
 
