@@ -15,8 +15,6 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-import pytest
-
 TINYPROXY = "/usr/bin/tinyproxy"
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
@@ -34,8 +32,7 @@ class TinyProxy:
     turn on its ``BasicAuth`` (then every request must carry ``Proxy-Authorization``)."""
 
     def __init__(self, directory: Path, user: str = "", password: str = "") -> None:
-        if shutil.which(TINYPROXY) is None:
-            pytest.skip("tinyproxy is not installed (.ci/run installs it)")
+        assert shutil.which(TINYPROXY), "tinyproxy missing: .ci/run installs it"
         self.directory = directory
         self.user, self.password = user, password
         self.port = free_port()
