@@ -126,6 +126,12 @@ class Settings(BaseModel):
             return min(self.relay_reserved_connections, self.relay_max_connections - 1)
         return 0 if self.relay_max_connections < 2 else max(1, self.relay_max_connections // 10)
 
+    @field_validator("relay_spool_dir", mode="before")
+    @classmethod
+    def _empty_spool_dir_is_off(cls, value: object) -> object:
+        """``RELAY_SPOOL_DIR=`` (empty) turns off a spool a unit or image sets by default."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod
     def _parse_networks(cls, value: str) -> str:
