@@ -107,8 +107,8 @@ def image_env(venv: Path, state: Path, **overrides: str) -> dict[str, str]:
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
     [volume] = parse()[-1].one("VOLUME").exec_form()
     for key, value in parse()[-1].env().items():
-        value = value.replace(IMAGE_VENV, str(venv)).replace(volume, str(state))
-        env[key] = value.replace("$PATH", env["PATH"])
+        local = value.replace(IMAGE_VENV, str(venv)).replace(volume, str(state))
+        env[key] = local.replace("$PATH", env["PATH"])
     return env | overrides
 
 
