@@ -13,8 +13,10 @@ rather than tunnel with ``CONNECT`` (what an https base URL such as AhaSend's ge
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import smtplib
+import ssl
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
@@ -23,12 +25,15 @@ from pathlib import Path
 import pytest
 
 from relay.config import load_settings
+from relay.delivery.api import AhaSendClient
 from relay.delivery.proxy import bypasses_proxy, choose_proxy, parse_proxy_url
+from relay.delivery.transport import build_transport
 from relay.errors import ConfigError
 from tests.harness import running_relay, settings_for
 from tests.interop import serving_process
 from tests.ops_support import run_cli, standin_env
 from tests.proxy_support import TinyProxy, free_port
+from tests.security_support import Certs
 from tests.standin import StandIn
 
 pytestmark = pytest.mark.e2e
@@ -236,7 +241,13 @@ def test_refused_proxy_credentials_are_a_4xx(
     settings = settings_for(standin, ahasend_api_transport=transport, ahasend_api_proxy=wrong)
     with running_relay(settings) as relay:
         code, text = send(relay.port, "wrong credentials")
-    assert (code, text) == (451, "4.3.5 Relay misconfigured, try again later")
+    # tinyproxy answers 407 and closes without reading the request body: the client reads
+    # the 407 (RelayMisconfigured) or, when the close resets the connection first, a
+    # failed read (unreachable). Either way a transient 451 and nothing reached the API.
+    assert (code, text) in {
+        (451, "4.3.5 Relay misconfigured, try again later"),
+        (451, "4.4.1 Upstream API unreachable, try again later"),
+    }
     assert standin.requests == []
 
 
@@ -268,6 +279,46 @@ def test_unreachable_proxy_with_a_spool_queues_then_delivers_when_it_is_back(
         with proxy:
             assert len(standin.wait_for(1, timeout=15)) == 1
             assert len(posts(proxy, 1)) >= 1
+
+
+class TlsStandIn(StandIn):
+    """The stand-in over TLS (a test CA's certificate for 127.0.0.1), like AhaSend's https."""
+
+    def __init__(self, certs: Certs) -> None:
+        super().__init__(validate=False)
+        self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self._context.load_cert_chain(certs.cert, certs.key)
+
+    @property
+    def base_url(self) -> str:
+        return super().base_url.replace("http://", "https://")
+
+    async def _listen(self) -> asyncio.Server:
+        return await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self._context)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_an_https_api_is_tunnelled_with_connect_and_credentials(
+    tmp_path: Path, certs: Certs, transport: str
+) -> None:
+    """What AhaSend's https API gets: one CONNECT to it, authenticated; TLS end to end, so
+    the proxy adds nothing to the request (no Via) and the API sees no proxy credentials."""
+    with TlsStandIn(certs) as api, TinyProxy(tmp_path, "alice", PASSWORD) as proxy:
+        port = api.port
+        chosen = choose_proxy(api.base_url, None, {"https_proxy": proxy.url})
+        client = AhaSendClient(
+            base_url=api.base_url, api_key=api.api_key, account_id=api.account_id,
+            transport=build_transport(transport, 4, proxy=chosen, verify=certs.client_context()),
+        )  # fmt: skip
+        try:
+            delivery = await client.send(b'{"subject": "tunnelled"}', "key-tls")
+        finally:
+            await client.aclose()
+    assert delivery.status == 202
+    assert proxy.requests() == [("CONNECT", f"127.0.0.1:{port}")]
+    [request] = api.requests
+    assert "via" not in request.headers
+    assert "proxy-authorization" not in request.headers
 
 
 # -- secrets -----------------------------------------------------------------------------

@@ -22,6 +22,7 @@ servers kept apart), which ``relay.delivery.api`` already turns into transient r
 from __future__ import annotations
 
 import importlib
+import ssl
 from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
@@ -41,17 +42,19 @@ def build_transport(
     max_connections: int,
     importer: Callable[[str], ModuleType] = importlib.import_module,
     proxy: ProxyURL | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncBaseTransport:
     """The transport ``choice`` names, through ``proxy`` (None: direct connections).
 
-    ``importer`` imports ``relay.delivery.aiohttp_transport`` (a seam for tests).
+    ``importer`` imports ``relay.delivery.aiohttp_transport`` and ``verify`` is how the
+    API's certificate is checked (the system's CAs; a test CA's context): seams for tests.
     """
     limits = httpx.Limits(
         max_connections=max_connections, max_keepalive_connections=max_connections
     )
     via = proxy.to_httpx() if proxy is not None else None
     if choice == "httpx":
-        return httpx.AsyncHTTPTransport(limits=limits, proxy=via)
+        return httpx.AsyncHTTPTransport(limits=limits, proxy=via, verify=verify)
     try:
         module = importer("relay.delivery.aiohttp_transport")
     except ImportError:
@@ -59,6 +62,8 @@ def build_transport(
             raise ConfigError(
                 "AHASEND_API_TRANSPORT: httpx-aiohttp is not installed (pip install httpx-aiohttp)"
             ) from None
-        return httpx.AsyncHTTPTransport(limits=limits, proxy=via)
-    transport: httpx.AsyncBaseTransport = module.RelayAiohttpTransport(limits=limits, proxy=via)
+        return httpx.AsyncHTTPTransport(limits=limits, proxy=via, verify=verify)
+    transport: httpx.AsyncBaseTransport = module.RelayAiohttpTransport(
+        limits=limits, proxy=via, verify=verify
+    )
     return transport
