@@ -124,14 +124,19 @@ def test_credentials_become_auth_and_are_masked() -> None:
          "be http or https, not 'socks5'"),
         ({"https_proxy": f"http://u:{PASSWORD}@p:99999"},
          "HTTPS_PROXY: http://u:****@p:99999 is not a usable proxy URL: its port is not a "
-         "number from 0 to 65535"),
+         "number from 0 to 65535 (AHASEND_API_PROXY, a URL or none, overrides it)"),
         ({"ALL_PROXY": "http://p:1/path"},
-         "ALL_PROXY: http://p:1/path is not a usable proxy URL: a proxy URL has no path"),
+         "ALL_PROXY: http://p:1/path is not a usable proxy URL: a proxy URL has no path "
+         "(AHASEND_API_PROXY, a URL or none, overrides it)"),
+        ({"ALL_PROXY": "socks5://p:1080", "AHASEND_API_PROXY": "none"}, None),
     ],
 )  # fmt: skip
 def test_an_unusable_proxy_url_is_a_config_error_without_the_password(
-    environ: dict[str, str], message: str
+    environ: dict[str, str], message: str | None
 ) -> None:
+    if message is None:  # overridden: the environment's proxy is not even read
+        assert load_settings(environ={"RELAY_DRY_RUN": "true"} | environ).api_proxy is None
+        return
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"RELAY_DRY_RUN": "true"} | environ)
     assert str(caught.value) == message

@@ -154,15 +154,23 @@ def choose_proxy(
             return None
         return parse_proxy_url(explicit, "AHASEND_API_PROXY")
     target = urlsplit(base_url)
-    scheme = target.scheme.lower()
+    proxy = _environment_proxy(target.scheme.lower(), environ)
+    no_proxy = _variable(environ, "no_proxy")[1]
+    if proxy is None or bypasses_proxy(target.hostname or "", _port(target), no_proxy):
+        return None
+    return proxy
+
+
+def _environment_proxy(scheme: str, environ: Mapping[str, str]) -> ProxyURL | None:
+    """``{scheme}_proxy``, else ``all_proxy`` (each lowercase first), or None."""
     for name in (f"{scheme}_proxy", "all_proxy"):
         source, value = _variable(environ, name)
         if value:
-            proxy = parse_proxy_url(value, source)
-            no_proxy = _variable(environ, "no_proxy")[1]
-            if bypasses_proxy(target.hostname or "", _port(target), no_proxy):
-                return None
-            return proxy
+            try:
+                return parse_proxy_url(value, source)
+            except ValueError as exc:
+                hint = "AHASEND_API_PROXY, a URL or none, overrides it"
+                raise ValueError(f"{exc} ({hint})") from None
     return None
 
 
