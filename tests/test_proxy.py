@@ -329,22 +329,29 @@ async def test_an_https_api_is_tunnelled_with_connect_and_credentials(
 # -- secrets -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("transport", TRANSPORTS)
-def test_the_proxy_password_never_reaches_the_logs(tmp_path: Path, transport: str) -> None:
-    """Debug logs of a real ``serve`` process, through the proxy and with it down."""
+@pytest.mark.parametrize(
+    ("transport", "variable", "source"),
+    [("httpx", "AHASEND_API_PROXY", "AHASEND_API_PROXY"), ("aiohttp", "http_proxy", "HTTP_PROXY")],
+)
+def test_the_proxy_password_never_reaches_the_logs(
+    tmp_path: Path, transport: str, variable: str, source: str
+) -> None:
+    """Debug logs of a real ``serve`` process, through the proxy and with it down; the
+    proxy from AHASEND_API_PROXY, or from the process environment as a host sets it."""
     with TinyProxy(tmp_path, user="alice", password=PASSWORD) as proxy:
-        env = {"AHASEND_API_PROXY": proxy.url, "AHASEND_API_TRANSPORT": transport,
+        env = {variable: proxy.url, "AHASEND_API_TRANSPORT": transport,
                "RELAY_LOG_LEVEL": "debug", "RELAY_RETRY_DEADLINE": "0"}  # fmt: skip
         with serving_process(**env) as served:
             assert send(served.port, "logged")[0] == 250
             assert len(served.standin.wait_for(1)) == 1
+            assert len(posts(proxy, 1)) == 1
             proxy.stop()
             assert send(served.port, "proxy gone")[0] == 451
             time.sleep(0.3)
             logs = "".join(served.logs)
     assert PASSWORD not in logs
     assert '"proxy": "http://alice:****@127.0.0.1:' in logs
-    assert '"source": "AHASEND_API_PROXY"' in logs
+    assert f'"source": "{source}"' in logs
 
 
 def test_check_config_masks_the_proxy_password(standin: StandIn) -> None:
@@ -366,6 +373,16 @@ def test_check_config_masks_the_proxy_password(standin: StandIn) -> None:
         in explicit.stdout.splitlines()
     )
     assert PASSWORD not in explicit.stdout + explicit.stderr
+
+
+def test_check_config_online_goes_through_the_proxy(standin: StandIn, tmp_path: Path) -> None:
+    with TinyProxy(tmp_path, user="alice", password=PASSWORD) as proxy:
+        result = run_cli("check-config", "--online", **standin_env(standin, HTTP_PROXY=proxy.url))
+        seen = proxy.requests()
+    assert result.returncode == 0, result.stderr
+    assert [method for method, _ in seen] == ["GET", "GET"]  # ping, then the account
+    assert seen[0][1] == f"{standin.base_url}/v2/ping"
+    assert PASSWORD not in result.stdout + result.stderr
 
 
 def test_check_config_refuses_an_unusable_proxy_with_78_and_no_password(standin: StandIn) -> None:
