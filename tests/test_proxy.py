@@ -26,7 +26,7 @@ import pytest
 
 from relay.config import load_settings
 from relay.delivery.api import AhaSendClient
-from relay.delivery.proxy import bypasses_proxy, choose_proxy, parse_proxy_url
+from relay.delivery.proxy import bypasses_proxy, choose_proxy, mask_proxy_text, parse_proxy_url
 from relay.delivery.transport import build_transport
 from relay.errors import ConfigError
 from tests.harness import running_relay, settings_for
@@ -117,6 +117,23 @@ def test_credentials_become_auth_and_are_masked() -> None:
 
 
 @pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        (f"http://alice:{PASSWORD}@p.test:3128", "http://alice:****@p.test:3128"),
+        (f"alice:{PASSWORD}@p.test:3128", "alice:****@p.test:3128"),
+        (f"http://alice:pa/ss@w{PASSWORD}@p.test:1", "http://alice:****@p.test:1"),
+        ("http://p.test:3128", "http://p.test:3128"),
+        ("http://alice@p.test:3128", "http://alice@p.test:3128"),
+        ("none", "none"),
+        (f"http://u:a://{PASSWORD}@p.test:1", "http://u:****@p.test:1"),
+        (f"u:a://{PASSWORD}@p.test:1", "u:****@p.test:1"),
+    ],
+)
+def test_shown_proxy_values_hide_the_password(value: str, shown: str) -> None:
+    assert mask_proxy_text(value) == shown
+
+
+@pytest.mark.parametrize(
     ("environ", "message"),
     [
         ({"AHASEND_API_PROXY": f"socks5://u:{PASSWORD}@p:1080"},
@@ -125,6 +142,9 @@ def test_credentials_become_auth_and_are_masked() -> None:
         ({"https_proxy": f"http://u:{PASSWORD}@p:99999"},
          "HTTPS_PROXY: http://u:****@p:99999 is not a usable proxy URL: its port is not a "
          "number from 0 to 65535 (AHASEND_API_PROXY, a URL or none, overrides it)"),
+        ({"AHASEND_API_PROXY": f"http://u:pa/ss@{PASSWORD}@p:1"},
+         "AHASEND_API_PROXY: http://u:****@p:1 is not a usable proxy URL: percent-encode "
+         "/ ? # @ in the user name and password (%2F %3F %23 %40)"),
         ({"ALL_PROXY": "http://p:1/path"},
          "ALL_PROXY: http://p:1/path is not a usable proxy URL: a proxy URL has no path "
          "(AHASEND_API_PROXY, a URL or none, overrides it)"),

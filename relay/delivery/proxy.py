@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -46,6 +47,8 @@ MASK = "****"
 DIRECT = frozenset({"", "none"})
 """``AHASEND_API_PROXY`` values meaning "no proxy, whatever the environment says"."""
 _SCHEMES = ("http", "https")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+_USERINFO = re.compile(r"^(?P<user>[^:/@]*):.*@", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,7 @@ def parse_proxy_url(value: str, source: str) -> ProxyURL:
     except ValueError:
         problem = problem or "its port is not a number from 0 to 65535"
     if problem:
-        raise ValueError(f"{source}: {_masked_text(parts)} is not a usable proxy URL: {problem}")
+        raise ValueError(f"{source}: {mask_proxy_text(text)} is not a usable proxy URL: {problem}")
     assert parts.hostname is not None
     return ProxyURL(
         scheme=parts.scheme.lower(),
@@ -113,8 +116,13 @@ def parse_proxy_url(value: str, source: str) -> ProxyURL:
 
 
 def mask_proxy_text(value: str) -> str:
-    """A proxy setting's value as it may be shown: any password replaced by ``****``."""
-    return _masked_text(urlsplit(value.strip())) if "@" in value else value
+    """A proxy setting's value as it may be shown: whatever lies between the user name's
+    ``:`` and the last ``@`` replaced by ``****`` (with or without a scheme, and even when
+    the password holds characters a URL cannot, such as ``/`` or ``@``)."""
+    text = value.strip()
+    scheme = _SCHEME.match(text)
+    head, rest = (scheme.group(), text[scheme.end() :]) if scheme else ("", text)
+    return head + _USERINFO.sub(rf"\g<user>:{MASK}@", rest)
 
 
 def describe_proxy(proxy: ProxyURL | None) -> str:
@@ -122,19 +130,13 @@ def describe_proxy(proxy: ProxyURL | None) -> str:
     return "none (direct)" if proxy is None else f"{proxy.masked} (from {proxy.source})"
 
 
-def _masked_text(parts: SplitResult) -> str:
-    """The URL as given, its password (if any) replaced by ``****``."""
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    if at and ":" in userinfo:
-        userinfo = f"{userinfo.partition(':')[0]}:{MASK}"
-    return parts._replace(netloc=f"{userinfo}{at}{hostport}").geturl()
-
-
 def _url_problem(scheme: str, host: str | None, path: str) -> str:
     if scheme not in _SCHEMES:
         return f"the scheme must be http or https, not {scheme!r}"
     if not host:
         return "it names no host"
+    if "@" in path:
+        return "percent-encode / ? # @ in the user name and password (%2F %3F %23 %40)"
     if path not in ("", "/"):
         return "a proxy URL has no path"
     return ""
