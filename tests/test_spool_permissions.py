@@ -7,6 +7,7 @@ user's, open to all) makes ``serve`` exit 73 naming it, like a spool it cannot o
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from relay.delivery.spool import FILENAME, SqliteSpool
 from relay.ops.log import configure
@@ -116,14 +118,18 @@ def test_serve_refuses_an_open_spool_directory_it_cannot_tighten_with_73(
     assert not (foreign_open_directory / FILENAME).exists()
 
 
-async def test_tightening_is_logged(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_tightening_is_logged(tmp_path: Path) -> None:
     directory = tmp_path / "spool"
     directory.mkdir()
     directory.chmod(0o755)
-    configure(fmt="json", level="info", stream=sys.stdout)
-    spool = SqliteSpool(directory)
-    await spool.close()
-    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = io.StringIO()
+    configure(fmt="json", level="info", stream=out)
+    try:
+        spool = SqliteSpool(directory)
+        await spool.close()
+    finally:
+        structlog.reset_defaults()
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
     tightened = [e for e in events if e["event"] == "spool_permissions_tightened"]
     assert [(e["path"], e["was"], e["now"]) for e in tightened] == [
         (str(directory), "0755", "0700")
