@@ -44,7 +44,10 @@ ENV PATH=/opt/ahasend-relay/bin:$PATH \
     RELAY_PORT=2525 \
     RELAY_METRICS_HOST=0.0.0.0 \
     RELAY_METRICS_PORT=9125 \
-    RELAY_LOG_FORMAT=json
+    RELAY_LOG_FORMAT=json \
+    RELAY_SPOOL_DIR=/var/lib/ahasend-relay/spool
+# The spool (RELAY_SPOOL_DIR, on by default) lives on the state volume: mount one that
+# outlives the container, or spooled mail goes with it. RELAY_SPOOL_DIR= turns it off.
 WORKDIR /var/lib/ahasend-relay
 VOLUME ["/var/lib/ahasend-relay"]
 USER 10001:10001

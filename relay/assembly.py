@@ -167,23 +167,24 @@ def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sen
         api_key=settings.ahasend_api_key.get_secret_value(),
         account_id=str(settings.ahasend_account_id),
         timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport)
+        transport=_metered_transport(metrics, settings)
         if metrics is not None
-        else build_transport(settings.ahasend_api_transport, MAX_CONNECTIONS),
+        else api_transport(settings),
+    )
+
+
+def api_transport(settings: Settings) -> httpx.AsyncBaseTransport:
+    """The transport AHASEND_API_TRANSPORT names, through the proxy the settings chose."""
+    return build_transport(
+        settings.ahasend_api_transport, MAX_CONNECTIONS, proxy=settings.api_proxy
     )
 
 
 def _metered_transport(
-    metrics: RelayMetrics, choice: str, tenant: str = DEFAULT_ROUTE
+    metrics: RelayMetrics, settings: Settings, tenant: str = DEFAULT_ROUTE
 ) -> MeteredTransport:
-    """The transport ``choice`` names (``AHASEND_API_TRANSPORT``), metered as ``tenant``'s."""
-    inner = build_transport(choice, MAX_CONNECTIONS)
-    if inner is None:
-        limits = httpx.Limits(
-            max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_CONNECTIONS
-        )
-        inner = httpx.AsyncHTTPTransport(limits=limits)
-    return MeteredTransport(metrics, inner, tenant=tenant)
+    """``api_transport``, metered as ``tenant``'s."""
+    return MeteredTransport(metrics, api_transport(settings), tenant=tenant)
 
 
 def default_route(
@@ -315,7 +316,7 @@ def tenant_sender(settings: Settings, tenant: Tenant, metrics: RelayMetrics) -> 
         api_key=tenant.api_key,
         account_id=tenant.account_id,
         timeout=settings.ahasend_api_timeout,
-        transport=_metered_transport(metrics, settings.ahasend_api_transport, tenant.name),
+        transport=_metered_transport(metrics, settings, tenant.name),
     )
 
 

@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from relay.delivery.proxy import ProxyURL, choose_proxy
 from relay.envfile import read_env_file
 from relay.errors import ConfigError
 
@@ -57,6 +58,13 @@ class Settings(BaseModel):
     ahasend_api_base_url: HttpUrl = HttpUrl("https://api.ahasend.com")
     ahasend_api_timeout: float = Field(default=30.0, gt=0, le=600)
     ahasend_api_transport: Literal["auto", "httpx", "aiohttp"] = "auto"
+    ahasend_api_proxy: SecretStr | None = None
+    # The environment's egress proxies, as curl and httpx read them (``gather``: each
+    # lowercase name wins over its uppercase one); AHASEND_API_PROXY overrides them.
+    https_proxy: SecretStr | None = None
+    http_proxy: SecretStr | None = None
+    all_proxy: SecretStr | None = None
+    no_proxy: str | None = None
 
     # -- SMTP listener --------------------------------------------------------------
     relay_host: str = "127.0.0.1"
@@ -118,6 +126,12 @@ class Settings(BaseModel):
         if self.relay_reserved_connections is not None:
             return min(self.relay_reserved_connections, self.relay_max_connections - 1)
         return 0 if self.relay_max_connections < 2 else max(1, self.relay_max_connections // 10)
+
+    @field_validator("relay_spool_dir", mode="before")
+    @classmethod
+    def _empty_spool_dir_is_off(cls, value: object) -> object:
+        """``RELAY_SPOOL_DIR=`` (empty) turns off a spool a unit or image sets by default."""
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("relay_allowed_networks", "relay_proxy_trusted_networks")
     @classmethod
@@ -241,6 +255,26 @@ class Settings(BaseModel):
         """The API base URL without a trailing slash."""
         return str(self.ahasend_api_base_url).rstrip("/")
 
+    @property
+    def api_proxy(self) -> ProxyURL | None:
+        """The proxy requests to the API go through, None for direct (``relay.delivery.proxy``)."""
+        explicit = self.ahasend_api_proxy
+        variables = {"HTTPS_PROXY": self.https_proxy, "HTTP_PROXY": self.http_proxy,
+                     "ALL_PROXY": self.all_proxy}  # fmt: skip
+        environment = {n: v.get_secret_value() for n, v in variables.items() if v is not None}
+        if self.no_proxy is not None:
+            environment["NO_PROXY"] = self.no_proxy
+        return choose_proxy(
+            self.api_base_url,
+            explicit.get_secret_value() if explicit is not None else None,
+            environment,
+        )
+
+    @model_validator(mode="after")
+    def _require_usable_proxy(self) -> Settings:
+        self.api_proxy  # noqa: B018 -- raises ValueError naming the variable
+        return self
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -327,6 +361,8 @@ def _is_loopback(host: str) -> bool:
 
 PREFIXES = ("RELAY_", "AHASEND_")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
+"""The environment's egress proxies (and their lowercase spellings), read as curl reads them."""
 SECRET_FILES = {"AHASEND_API_KEY": "AHASEND_API_KEY_FILE",
                 "RELAY_AUTH_PASSWORD": "RELAY_AUTH_PASSWORD_FILE"}  # fmt: skip
 """Secret settings that may come from a file (``*_FILE``) or a systemd credential."""
@@ -335,7 +371,9 @@ SECRET_FILES = {"AHASEND_API_KEY": "AHASEND_API_KEY_FILE",
 def known_names() -> frozenset[str]:
     """Every ``RELAY_*``/``AHASEND_*`` variable the relay reads."""
     fields = {name.upper() for name in Settings.model_fields}
-    return frozenset(fields - set(SYSTEMD_VARIABLES) | set(SECRET_FILES.values()))
+    return frozenset(
+        fields - set(SYSTEMD_VARIABLES) - set(PROXY_VARIABLES) | set(SECRET_FILES.values())
+    )
 
 
 def load_settings(
@@ -372,12 +410,23 @@ def gather(
     merged |= {name.upper(): value for name, value in environ.items()
                if name.upper().startswith(PREFIXES)}  # fmt: skip
     merged |= {name: environ[name] for name in SYSTEMD_VARIABLES if name in environ}
+    merged |= _proxy_variables(environ)
     for name, file_variable in SECRET_FILES.items():
         secret = _secret_value(name, merged, file_variable, environ.get("CREDENTIALS_DIRECTORY"))
         merged.pop(file_variable, None)
         if secret is not None:
             merged[name] = secret
     return {name.lower(): value for name, value in merged.items()}
+
+
+def _proxy_variables(environ: Mapping[str, str]) -> dict[str, str]:
+    """``HTTPS_PROXY``... from ``environ``: the lowercase spelling first; empty is unset."""
+    found = {}
+    for name in PROXY_VARIABLES:
+        value = environ.get(name.lower()) or environ.get(name)
+        if value and value.strip():
+            found[name] = value
+    return found
 
 
 def _suggestion(name: str, known: frozenset[str]) -> str:

@@ -198,6 +198,8 @@ class RelayServer:
             self._smtps_server = await self._start_smtps(loop)
         log.info("listening", host=self.settings.relay_host, port=self.port,
                  dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+        if (proxy := self.settings.api_proxy) is not None and not self.settings.relay_dry_run:
+            log.info("api_proxy", proxy=proxy.masked, source=proxy.source)
 
     async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
         server = await loop.create_server(

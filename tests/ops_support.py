@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from relay.config import PROXY_VARIABLES
 from tests.paths import REPO
 
 START_TIMEOUT = 15.0
@@ -28,6 +29,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         k: v
         for k, v in os.environ.items()
         if not k.startswith(("AHASEND_", "RELAY_", "NOTIFY_", "WATCHDOG_"))
+        and k.upper() not in PROXY_VARIABLES  # a proxy of the test host must not steer it
     }
     env["PYTHONPATH"] = str(REPO)
     return env | extra

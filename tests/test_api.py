@@ -66,6 +66,7 @@ async def test_request_shape() -> None:
         (401, r.RelayMisconfigured),
         (403, r.UpstreamForbidden),
         (404, r.RelayMisconfigured),
+        (407, r.RelayMisconfigured),  # the egress proxy refused the relay's credentials
         (409, r.UpstreamBusy),
         (413, r.MessageTooLarge),
         (422, r.UpstreamRejected),

@@ -101,11 +101,14 @@ def test_the_build_stage_leaves_no_pip_or_setuptools(venv: Path) -> None:
     assert relay.returncode == 0, relay.stderr
 
 
-def image_env(venv: Path, **overrides: str) -> dict[str, str]:
-    """The final stage's ENV, with the virtualenv where the image has /opt/ahasend-relay."""
+def image_env(venv: Path, state: Path, **overrides: str) -> dict[str, str]:
+    """The final stage's ENV, with the virtualenv where the image has /opt/ahasend-relay
+    and ``state`` where it has its volume."""
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
+    [volume] = parse()[-1].one("VOLUME").exec_form()
     for key, value in parse()[-1].env().items():
-        env[key] = value.replace(IMAGE_VENV, str(venv)).replace("$PATH", env["PATH"])
+        local = value.replace(IMAGE_VENV, str(venv)).replace(volume, str(state))
+        env[key] = local.replace("$PATH", env["PATH"])
     return env | overrides
 
 
@@ -156,7 +159,7 @@ def test_image_commands_serve_heal_and_stop(venv: Path, image_root: Path) -> Non
     smtp_port, metrics_port = free_port(), free_port()
     with StandIn() as standin:
         env = image_env(
-            venv, RELAY_HOST="127.0.0.1", RELAY_METRICS_HOST="127.0.0.1",
+            venv, workdir, RELAY_HOST="127.0.0.1", RELAY_METRICS_HOST="127.0.0.1",
             RELAY_PORT=str(smtp_port), RELAY_METRICS_PORT=str(metrics_port),
             AHASEND_API_KEY=standin.api_key, AHASEND_ACCOUNT_ID=standin.account_id,
             AHASEND_API_BASE_URL=standin.base_url,
@@ -197,6 +200,13 @@ def _serve_heal_and_stop(
     sent = subprocess.run(as_unprivileged(send), env=env, capture_output=True, text=True,
                           timeout=30, check=False)  # fmt: skip
     assert sent.returncode == 0, sent.stderr
+    # The image spools by default, on its volume, privately.
+    spool = Path(env["RELAY_SPOOL_DIR"])
+    assert spool.parent.name == "state"
+    assert (spool.stat().st_mode & 0o777, (spool / "spool.sqlite3").stat().st_mode & 0o777) == (
+        0o700,
+        0o600,
+    )
     [request] = standin.requests
     assert request.json["sandbox"] is True
     stop_signal = signal.Signals[parse()[-1].one("STOPSIGNAL").args]

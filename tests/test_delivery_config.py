@@ -37,6 +37,14 @@ def test_from_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert s.relay_bounce_from == "postmaster@relay.example"
 
 
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_spool_dir_turns_the_spool_off(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RELAY_SPOOL_DIR", value)  # the unit and image set one by default
+    assert load_settings(relay_dry_run=True).relay_spool_dir is None
+
+
 def test_bounce_notices_need_a_from_address(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="RELAY_BOUNCE_FROM must be set"):
         load_settings(relay_dry_run=True, relay_bounce_notices=True, relay_spool_dir=tmp_path)

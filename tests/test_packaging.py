@@ -127,13 +127,39 @@ def test_unit_has_the_required_properties() -> None:
         "PrivateUsers": ["yes"], "PrivateMounts": ["yes"],
         "ExecReload": ["/bin/kill -HUP $MAINPID"],
         "LoadCredential": ["ahasend_api_key:/etc/ahasend-relay/api-key"],
-        "Environment": ["MALLOC_MMAP_THRESHOLD_=131072"],
+        "Environment": ["MALLOC_MMAP_THRESHOLD_=131072",
+                        "RELAY_SPOOL_DIR=/var/lib/ahasend-relay/spool"],
     }  # fmt: skip
     for key, value in expected.items():
         assert unit.get(key) == value, key
     assert unit["SystemCallFilter"][0] == "@system-service"
     assert "AmbientCapabilities" not in unit
     assert int(unit["WatchdogSec"][0]) > 0
+
+
+def unit_environment() -> dict[str, str]:
+    unit = unit_settings(UNIT.read_text())
+    return dict(item.partition("=")[::2] for item in unit["Environment"])
+
+
+def test_unit_spools_inside_its_state_directory() -> None:
+    """The one writable place under ProtectSystem=strict, owned by the dynamic user; a
+    subdirectory, so the relay creates it 0700 itself."""
+    unit = unit_settings(UNIT.read_text())
+    state = Path("/var/lib") / unit["StateDirectory"][0]
+    spool = Path(unit_environment()["RELAY_SPOOL_DIR"])
+    assert spool.parent == state
+    assert unit["StateDirectoryMode"] == ["0700"]
+    assert unit["ProtectSystem"] == ["strict"]
+    assert not any(key == "ReadWritePaths" for key in unit)  # nothing else is writable
+
+
+def test_the_example_env_spool_dir_works_under_the_unit() -> None:
+    """config.example.env's RELAY_SPOOL_DIR is the unit's (the old /var/spool one was
+    read-only under ProtectSystem=strict: exit 73 and a restart loop)."""
+    text = (REPO / "config.example.env").read_text()
+    [example] = re.findall(r"^#RELAY_SPOOL_DIR=(.*)$", text, flags=re.MULTILINE)
+    assert example == unit_environment()["RELAY_SPOOL_DIR"]
 
 
 # -- Dockerfile --------------------------------------------------------------------------
@@ -188,6 +214,8 @@ def test_dockerfile_exposes_the_configured_ports_and_a_state_volume() -> None:
     assert final.one("EXPOSE").args.split() == [env["RELAY_PORT"], env["RELAY_METRICS_PORT"]]
     [volume] = final.one("VOLUME").exec_form()
     assert final.one("WORKDIR").args == volume == "/var/lib/ahasend-relay"
+    # The spool is on, in a subdirectory of the volume (the relay creates it 0700).
+    assert Path(env["RELAY_SPOOL_DIR"]).parent == Path(volume)
 
 
 def test_dockerfile_bakes_in_no_secret_or_config_file() -> None:

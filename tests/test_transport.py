@@ -33,11 +33,11 @@ def _missing(name: str) -> ModuleType:
 
 
 def test_httpx_choice_keeps_httpx_own_transport() -> None:
-    assert build_transport("httpx", 10) is None
+    assert type(build_transport("httpx", 10)) is httpx.AsyncHTTPTransport
 
 
 def test_auto_without_httpx_aiohttp_falls_back_to_httpx() -> None:
-    assert build_transport("auto", 10, importer=_missing) is None
+    assert type(build_transport("auto", 10, importer=_missing)) is httpx.AsyncHTTPTransport
 
 
 def test_aiohttp_choice_without_httpx_aiohttp_is_a_config_error() -> None:

@@ -26,6 +26,7 @@ from relay.cli.queue import add_queue_commands, run_queue_command
 from relay.cli.tenants_check import check_tenants_online
 from relay.config import Settings, load_settings
 from relay.delivery.api import AhaSendClient
+from relay.delivery.proxy import describe_proxy, mask_proxy_text
 from relay.delivery.spool import SpoolBackend, SqliteSpool
 from relay.errors import (
     ConfigError,
@@ -150,7 +151,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     password = settings.relay_auth_password
-    secrets = [key, password.get_secret_value() if password else ""]
+    proxy = settings.api_proxy
+    secrets = [
+        key,
+        password.get_secret_value() if password else "",
+        proxy.password if proxy else "",
+    ]
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
               recipients=settings.relay_log_recipients)  # fmt: skip
     log_uncaught_exceptions()
@@ -278,6 +284,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.env_file)
     for name, value in summary(settings):
         print(f"{name}={value}")
+    print(f"API proxy: {describe_proxy(settings.api_proxy)}")
     try:
         asyncio.run(preflight(settings))
     except SpoolUnavailable as exc:
@@ -299,6 +306,8 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _shown(name: str, value: Any) -> str:
+    if name in _PROXY_SETTINGS:
+        return "" if value is None else mask_proxy_text(value.get_secret_value())
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     elif not _SECRET_NAME.search(name):
@@ -307,6 +316,7 @@ def _shown(name: str, value: Any) -> str:
 
 
 _SECRET_NAME = re.compile(r"key|secret|password|token", re.IGNORECASE)
+_PROXY_SETTINGS = frozenset({"ahasend_api_proxy", "https_proxy", "http_proxy", "all_proxy"})
 _SYSTEMD_VARIABLES = frozenset({"notify_socket", "watchdog_usec", "watchdog_pid"})
 
 

@@ -43,6 +43,8 @@ _ERROR_FOR_STATUS: Final[dict[int, type[RelayError]]] = {
     401: RelayMisconfigured,
     403: UpstreamForbidden,
     404: RelayMisconfigured,
+    # An egress proxy refusing the relay's proxy credentials (AHASEND_API_PROXY user:password).
+    407: RelayMisconfigured,
     409: UpstreamBusy,
     413: MessageTooLarge,
     422: UpstreamRejected,
@@ -78,6 +80,7 @@ class AhaSendClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             transport=transport,
+            trust_env=False,  # proxies and the rest come from relay.config alone
         )
 
     async def send(self, body: bytes, idempotency_key: str) -> Delivery:

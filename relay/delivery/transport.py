@@ -9,6 +9,11 @@ requests in flight against ~0.26 ms for the aiohttp one (encode/httpx#3215), so 
 relay prefers it; it is a default dependency, httpx's own transport the fallback where
 it is not importable.
 
+Both carry the egress proxy ``relay.delivery.proxy`` chose (``AHASEND_API_PROXY``, else the
+environment's ``HTTPS_PROXY``/``HTTP_PROXY``/``ALL_PROXY``/``NO_PROXY``), passed explicitly:
+httpx ignores the environment once a transport is given, and the relay never lets a
+library read it (``relay.config`` does).
+
 Errors keep httpx's types: the aiohttp transport maps its exceptions to
 ``httpx.TimeoutException`` / ``httpx.TransportError`` subclasses (timeouts and unreachable
 servers kept apart), which ``relay.delivery.api`` already turns into transient replies.
@@ -17,12 +22,14 @@ servers kept apart), which ``relay.delivery.api`` already turns into transient r
 from __future__ import annotations
 
 import importlib
+import ssl
 from collections.abc import Callable
 from types import ModuleType
 from typing import Literal
 
 import httpx
 
+from relay.delivery.proxy import ProxyURL
 from relay.errors import ConfigError
 
 __all__ = ["TransportChoice", "build_transport"]
@@ -34,13 +41,20 @@ def build_transport(
     choice: str,
     max_connections: int,
     importer: Callable[[str], ModuleType] = importlib.import_module,
-) -> httpx.AsyncBaseTransport | None:
-    """The transport ``choice`` names; None means httpx's own (``AsyncClient`` default).
+    proxy: ProxyURL | None = None,
+    verify: ssl.SSLContext | bool = True,
+) -> httpx.AsyncBaseTransport:
+    """The transport ``choice`` names, through ``proxy`` (None: direct connections).
 
-    ``importer`` imports ``relay.delivery.aiohttp_transport`` (a seam for tests).
+    ``importer`` imports ``relay.delivery.aiohttp_transport`` and ``verify`` is how the
+    API's certificate is checked (the system's CAs; a test CA's context): seams for tests.
     """
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    via = proxy.to_httpx() if proxy is not None else None
     if choice == "httpx":
-        return None
+        return httpx.AsyncHTTPTransport(limits=limits, proxy=via, verify=verify)
     try:
         module = importer("relay.delivery.aiohttp_transport")
     except ImportError:
@@ -48,9 +62,8 @@ def build_transport(
             raise ConfigError(
                 "AHASEND_API_TRANSPORT: httpx-aiohttp is not installed (pip install httpx-aiohttp)"
             ) from None
-        return None
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
+        return httpx.AsyncHTTPTransport(limits=limits, proxy=via, verify=verify)
+    transport: httpx.AsyncBaseTransport = module.RelayAiohttpTransport(
+        limits=limits, proxy=via, verify=verify
     )
-    transport: httpx.AsyncBaseTransport = module.RelayAiohttpTransport(limits=limits)
     return transport

@@ -14,6 +14,14 @@ work is synchronous, on one connection behind a lock, run in a worker thread
 (``asyncio.to_thread``) so the event loop never waits for a disk. A claim is one
 ``UPDATE ... RETURNING`` statement, hence atomic also against other processes.
 
+Permissions: the directory is made 0700 and the file (with its ``-wal`` and ``-shm``, which
+SQLite creates with the database file's mode) 0600, whatever umask or earlier mode they
+had: the spool holds whole messages. Like ``postfix set-permissions`` the relay fixes what
+it owns (logging ``spool_permissions_tightened`` with the mode it found) and, when it
+cannot (the directory or a file belongs to another user), refuses to open the spool with
+``SpoolUnavailable`` naming the path and its mode (``serve`` exits 73): it never runs with
+a spool that other users can read.
+
 Schema versions (``PRAGMA user_version``): 0/1 the first layout; 2 adds
 ``claimed_until``; 3 adds ``route`` (the tenant's name; ``default`` for older rows).
 Opening an older file migrates it in place, once, under SQLite's write lock (two
@@ -26,6 +34,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -34,10 +43,15 @@ from typing import Any, TypeVar
 
 from relay.delivery.spool.base import SpoolEntry, SpoolStats, State
 from relay.errors import SpoolUnavailable
+from relay.ops.log import get_logger
 
-__all__ = ["FILENAME", "SCHEMA_VERSION", "SqliteSpool"]
+__all__ = ["DIRECTORY_MODE", "FILENAME", "FILE_MODE", "SCHEMA_VERSION", "SqliteSpool"]
 
+log = get_logger("relay.delivery.spool")
 FILENAME = "spool.sqlite3"
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+_SIDE_FILES = ("-wal", "-shm", "-journal")
 SCHEMA_VERSION = 3
 T = TypeVar("T")
 
@@ -71,10 +85,11 @@ _RELEASE = "claimed_until = NULL"
 
 
 class SqliteSpool:
-    """The spool file in ``directory`` (created, mode 0700, if missing). A ``SpoolBackend``.
+    """The spool file in ``directory`` (created if missing). A ``SpoolBackend``.
 
     Opening is synchronous and raises ``SpoolUnavailable`` when the directory or the file
-    is unusable; ``clock`` is the wall clock every time is read from.
+    is unusable, or open to other users and not the relay's to close (the module docstring
+    has the permission rules); ``clock`` is the wall clock every time is read from.
     """
 
     def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
@@ -284,8 +299,14 @@ def _entry(row: Sequence[Any], body: bytes | None = None) -> SpoolEntry:
 
 def _open(directory: Path, path: Path) -> sqlite3.Connection:
     """The connection, in WAL mode with full fsync, schema in place (migrated if older)."""
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    _make_private(directory, DIRECTORY_MODE)
     fresh = not path.exists()
+    if fresh:  # created 0600 here: SQLite would create it 0666 minus the umask
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE))
+    for name in (path, *(path.with_name(path.name + side) for side in _SIDE_FILES)):
+        if name.exists():
+            _make_private(name, FILE_MODE)
     db = sqlite3.connect(path, timeout=10.0, isolation_level=None, check_same_thread=False)
     try:
         db.execute("PRAGMA journal_mode=WAL")
@@ -298,6 +319,24 @@ def _open(directory: Path, path: Path) -> sqlite3.Connection:
     if fresh:
         _fsync_directory(directory)
     return db
+
+
+def _make_private(path: Path, wanted: int) -> None:
+    """Give ``path`` mode ``wanted`` if group or others have any access to it; when that is
+    not allowed (another user's), SpoolUnavailable naming the path and the mode it has."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if not mode & 0o077:
+        return
+    try:
+        path.chmod(wanted)
+    except OSError as exc:
+        raise SpoolUnavailable(
+            f"spool {path} is mode {mode:04o}, open to other users, and cannot be made "
+            f"{wanted:04o}: {exc.strerror or exc}; chmod it, or point RELAY_SPOOL_DIR at a "
+            "directory of the relay's own"
+        ) from None
+    log.warning("spool_permissions_tightened", path=str(path), was=f"{mode:04o}",
+                now=f"{wanted:04o}")  # fmt: skip
 
 
 def _migrate(db: sqlite3.Connection) -> None:
