@@ -29,6 +29,10 @@ UNKNOWN_ACCOUNT = (
     "not ready: AhaSend does not know the account (404 at the last request):"
     " check AHASEND_ACCOUNT_ID and AHASEND_API_BASE_URL"
 )
+PROXY_REFUSED = (
+    "not ready: the egress proxy refused the relay's credentials (407 at the last request):"
+    " check AHASEND_API_PROXY or HTTPS_PROXY"
+)
 UNREACHABLE = "AhaSend unreachable at the last request"
 
 
@@ -63,6 +67,7 @@ async def metrics_after(
         ("429", False, "ready: listening, AhaSend reachable", None),
         ("401", False, REFUSED_KEY, REFUSED_KEY),
         ("404", False, UNKNOWN_ACCOUNT, UNKNOWN_ACCOUNT),
+        ("407", False, PROXY_REFUSED, PROXY_REFUSED),
         ("unreachable", False, f"not ready: {UNREACHABLE}",
          f"ready: listening, {UNREACHABLE}, spool healthy"),
         ("timeout", False, f"not ready: {UNREACHABLE}",

@@ -7,7 +7,8 @@ AhaSend on every check would be a load and a failure amplifier):
 
 - not listening: not ready. Dry run: listening is enough.
 - a refused key (AhaSend answered 401 to the last request, the start-up account read
-  included) or a wrong account (404): not ready in every mode, since every message would
+  included), a wrong account (404) or an egress proxy refusing the relay's credentials
+  (407): not ready in every mode, since every message would
   only be deferred. The body names the reason. With tenants, each route (tenant, or the
   global key's) counts on its own: the relay is unready only when every route that has
   been used is refused; otherwise it stays ready and the body names the refused tenants.
@@ -79,6 +80,8 @@ REFUSED: Final = {
     "401": "AhaSend refused the API key (401 at the last request): check AHASEND_API_KEY",
     "404": "AhaSend does not know the account (404 at the last request):"
     " check AHASEND_ACCOUNT_ID and AHASEND_API_BASE_URL",
+    "407": "the egress proxy refused the relay's credentials (407 at the last request):"
+    " check AHASEND_API_PROXY or HTTPS_PROXY",
 }
 """Upstream statuses that make the relay unready in every mode, with the reason shown."""
 
