@@ -58,6 +58,16 @@ class Served:
         assert not problems, f"the stand-in refused requests: {problems}"
         return [r.json for r in found]
 
+    def log_lines(self, *words: str, timeout: float = 10.0) -> list[str]:
+        """The log lines holding every one of ``words``, once there is one (or ``timeout``):
+        a line is written after the reply, so it may follow the request by a moment."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = [line for line in list(self.logs) if all(w in line for w in words)]
+            if found or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
+
     def smtps_port(self) -> int:
         """The implicit-TLS port a process logged (``listening_smtps``, RELAY_SMTPS_PORT=0)."""
         for line in list(self.logs):
