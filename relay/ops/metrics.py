@@ -26,6 +26,7 @@ from here):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -59,6 +60,8 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
 TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 KIB, MIB = 1024.0, 1024.0 * 1024
+REFRESH_TIMEOUT = 1.0
+"""Seconds a scrape waits for the spool's stats before calling the spool unreadable."""
 SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * MIB, 20 * MIB)
 RESULTS = ("accepted", "deferred", "rejected")
 ROUTES = ("sent", "spooled", "dry_run")
@@ -252,7 +255,8 @@ class RelayMetrics:
         if self._spool_stats is None:
             return
         try:
-            self._snapshot = await self._spool_stats()
+            async with asyncio.timeout(REFRESH_TIMEOUT):  # a probe must not wait for a database
+                self._snapshot = await self._spool_stats()
         except Exception:  # an unreadable spool: NaN gauges, /readyz says why
             log.warning("spool_stats_failed", exc_info=True)
             self._snapshot = None
