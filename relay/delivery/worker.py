@@ -77,6 +77,8 @@ class SpoolWorker:
         while not self._stopping.is_set():
             try:
                 await self.run_once()
+            except SpoolUnavailable as exc:  # an outage, already logged by the spool: no trace
+                log.warning("worker_round_failed", error=str(exc))
             except Exception:
                 log.exception("worker_round_failed")
             await self._pause()
