@@ -4,9 +4,10 @@ Same contract as the SQLite store (``relay.delivery.spool.base``), for several r
 once: any replica delivers any spooled message. Driver: psycopg 3 (async) with its
 connection pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
 
-- Every method is one transaction, committed before it returns (``add``: the ``250`` is
-  only given once the row is committed; PostgreSQL's ``synchronous_commit`` decides how
-  durable a commit is, by default flushed to its WAL).
+- Every change is one statement in autocommit mode, committed before the method returns
+  (``add``: the ``250`` is only given once the row is committed; PostgreSQL's
+  ``synchronous_commit`` decides how durable a commit is, by default flushed to its WAL).
+  One statement per change is also one round trip (``bench/README.md``).
 - A claim is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``: two
   replicas claiming at once lock disjoint rows, and a row whose ``claimed_until`` is
   still ahead is not due, so a lease excludes every other claimer until it ends.
@@ -149,7 +150,8 @@ class PostgresSpool:
                     "SELECT id FROM relay_spool WHERE idempotency_key = %s", (idempotency_key,)
                 )
                 row = await cursor.fetchone()
-            assert row is not None
+            if row is None:  # deleted between the two statements: store it afresh
+                return await insert(db)
             return int(row[0])
 
         return await self._run(insert)
@@ -285,7 +287,7 @@ class PostgresSpool:
         return await self._run(fetch)
 
     async def _run(self, work: Work[T]) -> T:
-        """``work(connection)`` in one committed transaction, within ``timeout``.
+        """``work(connection)`` on a pooled (autocommit) connection, within ``timeout``.
 
         The schema is migrated first if this process has not yet done so. Any database
         failure (unreachable, timed out, closed pool, SQL error) is ``SpoolUnavailable``.
@@ -339,9 +341,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _connect_options(url: str) -> dict[str, Any]:
-    """Connection options the URL does not set itself: ``connect_timeout``, autocommit off."""
+    """Connection options: autocommit (each statement commits on its own: one round trip),
+    and ``connect_timeout`` unless the URL sets its own."""
     given = psycopg.conninfo.conninfo_to_dict(url)
-    options: dict[str, Any] = {"autocommit": False}
+    options: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
     return options
