@@ -83,7 +83,7 @@ async def measure(add: Add, adds: int, writers: int, prefix: str) -> tuple[float
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 _SQL = (
