@@ -64,7 +64,9 @@ class PostgresSpool:
     Construct, then ``await open()``; neither fails when the database is down. ``clock``
     is the wall clock every time is read from; ``timeout`` bounds each call (waiting for
     a connection included); ``on_change(available)`` hears each switch between reachable
-    and not; ``pool_size`` is the most connections this process opens.
+    and not; ``pool_size`` is the most connections this process opens; ``log_events``
+    False keeps the ``spool_*`` events out of the log (the ``queue`` tools, whose output
+    is stdout, report failures themselves).
     """
 
     def __init__(
@@ -75,8 +77,10 @@ class PostgresSpool:
         timeout: float = 5.0,
         pool_size: int = 10,
         on_change: Callable[[bool], None] | None = None,
+        log_events: bool = True,
     ) -> None:
         self._clock = clock
+        self._log_events = log_events
         self._timeout = timeout
         self._on_change = on_change
         self._location = mask_url_password(url)
@@ -312,7 +316,7 @@ class PostgresSpool:
                 return
             async with self._pool.connection() as db:
                 applied = await migrate(db)
-            if applied:
+            if applied and self._log_events:
                 log.info("spool_migrated", spool=self._location, versions=applied)
             self._migrated = True
 
@@ -320,9 +324,9 @@ class PostgresSpool:
         if available == self._available:
             return
         self._available = available
-        if available:
+        if self._log_events and available:
             log.info("spool_recovered", spool=self._location)
-        else:
+        elif self._log_events:
             log.warning("spool_unavailable", spool=self._location, error=why)
         if self._on_change is not None:
             self._on_change(available)
