@@ -9,7 +9,8 @@ it is opened, so one cleanup path closes whatever was opened, whichever later st
 Order (each step uses only what came before)::
 
     Guard.from_settings          networks, limits, AUTH users, TLS context (ConfigError)
-    spool                        RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
+    spool                        RELAY_SPOOL_URL → PostgresSpool (waits for the database),
+                                 RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
@@ -42,7 +43,7 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
 from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
 from relay.delivery.sender import DryRunSender, Sender
-from relay.delivery.spool import SpoolBackend, SqliteSpool
+from relay.delivery.spool import PostgresSpool, SpoolBackend, SqliteSpool
 from relay.delivery.tenant_router import AccountBuckets, TenantRouter
 from relay.delivery.tenants import Tenant, Tenants, load_tenants
 from relay.delivery.transport import build_transport
@@ -106,6 +107,7 @@ async def assemble(
     metrics = RelayMetrics(
         sessions_open=lambda: len(sessions),
         spool_stats=spool.stats if spool is not None else None,
+        spool_available=(lambda: spool.available) if spool is not None else None,
     )
     guard = dataclasses.replace(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
@@ -137,19 +139,31 @@ async def preflight(settings: Settings) -> None:
     """Every check ``assemble`` makes before the relay listens, opening nothing for good.
 
     The users file and TLS files (``Guard.from_settings``), the tenants file and its key
-    files, and the spool (opened, so created if missing, then closed). Raises what
+    files, and the SQLite spool (opened, so created if missing, then closed). Raises what
     ``serve`` would fail with: ConfigError (exit 78) or SpoolUnavailable (exit 73). The
-    settings' own cross-checks ran when ``settings`` was built.
+    settings' own cross-checks ran when ``settings`` was built. A shared spool
+    (RELAY_SPOOL_URL) is not contacted: ``serve`` starts without its database too.
     """
     guard = Guard.from_settings(settings)
     if settings.relay_tenants_file is not None:
         load_tenants_of(settings, guard)
-    async with AsyncExitStack() as resources:
-        await open_spool(settings, resources)
+    if settings.spool_url is None:
+        async with AsyncExitStack() as resources:
+            await open_spool(settings, resources)
 
 
 async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBackend | None:
-    """The spool ``RELAY_SPOOL_DIR`` names (closed with ``resources``), or None without one."""
+    """The spool the settings name (closed with ``resources``), or None without one.
+
+    ``RELAY_SPOOL_URL``: the shared PostgreSQL spool, which never fails to open (an
+    unreachable database is waited for, see ``relay.delivery.spool.postgres``);
+    ``RELAY_SPOOL_DIR``: the SQLite file (``SpoolUnavailable`` when unusable).
+    """
+    if settings.spool_url is not None:
+        shared = PostgresSpool(settings.spool_url)
+        resources.push_async_callback(shared.close)
+        await shared.open()
+        return shared
     if settings.relay_spool_dir is None:
         return None
     spool = await asyncio.to_thread(SqliteSpool, settings.relay_spool_dir)
@@ -224,7 +238,10 @@ def _route(
         events=events,
         breaker=guarded.breaker,
     )
-    return Route(name, account, sender=guarded, retrying=retrying)
+    past_breaker = RetryingSender(
+        guarded, deadline=settings.relay_retry_deadline, stopping=stopping, events=events
+    )
+    return Route(name, account, sender=guarded, retrying=retrying, past_breaker=past_breaker)
 
 
 def _global_key_unset(settings: Settings, sender: Sender | None) -> bool:

@@ -19,6 +19,7 @@ from relay.delivery.spool import SpoolEntry, SqliteSpool
 from relay.delivery.worker import SpoolWorker
 from relay.errors import (
     RelayError,
+    SpoolUnavailable,
     UpstreamBusy,
     UpstreamRejected,
     UpstreamServerError,
@@ -179,6 +180,46 @@ async def test_run_delivers_until_stopped(spool: SqliteSpool, time: FakeTime) ->
     await asyncio.wait_for(task, 2)
     assert sorted(sender.keys) == ["a", "b"]
     assert (await spool.stats()).delivered == 2
+
+
+class FlakySpool:
+    """``inner`` whose every call raises SpoolUnavailable while ``down`` (a database outage)."""
+
+    def __init__(self, inner: SqliteSpool) -> None:
+        self.inner, self.down, self.failures = inner, True, 0
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+
+        async def call(*args: object, **kwargs: object) -> object:
+            if self.down:
+                self.failures += 1
+                raise SpoolUnavailable("spool postgresql://relay:***@db/relay: timed out")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+async def test_the_worker_outlives_a_spool_outage(spool: SqliteSpool, time: FakeTime) -> None:
+    await enqueue(spool, "a")
+    flaky = FlakySpool(spool)
+    sender = ScriptedSender([ACCEPTED])
+    w = SpoolWorker(flaky, one_route(sender), POLICY, clock=time.clock)  # type: ignore[arg-type]
+    task = asyncio.create_task(w.run())
+    for _ in range(300):
+        if flaky.failures >= 4 or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done()  # claim and next_due failed, twice, and it is still running
+    assert flaky.failures >= 4
+    flaky.down = False
+    for _ in range(200):
+        if sender.calls:
+            break
+        await asyncio.sleep(0.01)
+    w.stop()
+    await asyncio.wait_for(task, 2)
+    assert sender.keys == ["a"]
 
 
 async def test_spool_status_is_logged(spool: SqliteSpool, time: FakeTime) -> None:

@@ -15,6 +15,11 @@ API call still running is abandoned: it counts as a transient ``ShuttingDown`` f
 so the request is spooled with its own Idempotency-Key (AhaSend replays rather than
 sends twice if the abandoned call did get through) and the client gets its 250, or,
 without a spool, ``421 4.3.2``: a reply in every case, never a silent close.
+
+When the spool reports itself unavailable (its ``available`` is False: the shared
+database is unreachable), the API is the only place a message can go, so it is tried even
+while the circuit breaker is open (``Route.past_breaker``); a request that still needs
+the spool then gets ``SpoolRefused`` (``451 4.3.0``), never a 250 without a stored row.
 """
 
 from __future__ import annotations
@@ -27,7 +32,13 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.route import Router, Submission
 from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool import SpoolBackend
-from relay.errors import InternalError, ShuttingDown, TransientError
+from relay.errors import (
+    InternalError,
+    ShuttingDown,
+    SpoolRefused,
+    SpoolUnavailable,
+    TransientError,
+)
 from relay.ops.log import get_logger
 
 __all__ = ["Dispatcher"]
@@ -61,6 +72,8 @@ class Dispatcher:
         """One Delivery per request, in order; raises the RelayError the reply should show."""
         route = self._router.route(submission)
         sender = route.retrying
+        if self._spool is not None and not self._spool.available and route.past_breaker:
+            sender = route.past_breaker
         deliveries: list[Delivery] = []
         failure: TransientError | None = None
         for body, key in zip(bodies, keys, strict=True):
@@ -109,7 +122,10 @@ class Dispatcher:
                 max_age=self._policy.max_age,
                 route=route,
             )
-        except Exception as exc:  # disk full, permissions...: the client must keep it
+        except SpoolUnavailable as exc:  # database down, disk full...: the client keeps it
+            log.warning("spool_write_failed", idempotency_key=key, error=str(exc))
+            raise SpoolRefused("spool unavailable") from exc
+        except Exception as exc:  # a bug: the client must keep the message
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
         log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error, route=route)

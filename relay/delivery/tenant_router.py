@@ -102,9 +102,11 @@ class _Tracked:
     @classmethod
     def of(cls, route: Route) -> _Tracked:
         uses = _InUse()
+        past_breaker = route.past_breaker
         counted = dataclasses.replace(
-            route, sender=uses.wrap(route.sender), retrying=uses.wrap(route.retrying)
-        )
+            route, sender=uses.wrap(route.sender), retrying=uses.wrap(route.retrying),
+            past_breaker=uses.wrap(past_breaker) if past_breaker is not None else None,
+        )  # fmt: skip
         return cls(counted, uses)
 
 

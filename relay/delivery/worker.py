@@ -37,7 +37,7 @@ from relay.delivery.policy import SpoolPolicy, retry_after_of
 from relay.delivery.route import Router
 from relay.delivery.sender import Delivery, refusals
 from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
-from relay.errors import PermanentError, RelayError, TransientError
+from relay.errors import PermanentError, RelayError, SpoolUnavailable, TransientError
 from relay.ops.log import get_logger
 
 __all__ = ["SpoolWorker"]
@@ -77,6 +77,8 @@ class SpoolWorker:
         while not self._stopping.is_set():
             try:
                 await self.run_once()
+            except SpoolUnavailable as exc:  # an outage, already logged by the spool: no trace
+                log.warning("worker_round_failed", error=str(exc))
             except Exception:
                 log.exception("worker_round_failed")
             await self._pause()
@@ -169,8 +171,15 @@ class SpoolWorker:
         log.info("bounce_sent", spool_id=entry.id, to=entry.mail_from)
 
     async def _pause(self) -> None:
-        """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``."""
-        next_due = await self._spool.next_due()
+        """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``.
+
+        A spool that cannot say (the shared database down) means a full ``poll_interval``:
+        the worker outlives the outage and carries on by itself.
+        """
+        try:
+            next_due = await self._spool.next_due()
+        except SpoolUnavailable:
+            next_due = None
         wait = self._policy.poll_interval
         if next_due is not None:
             wait = min(wait, max(next_due - self._clock(), 0.0))

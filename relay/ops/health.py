@@ -16,6 +16,8 @@ AhaSend on every check would be a load and a failure amplifier):
   breaker open): with a healthy spool still ready, since the spool takes the mail and
   delivers it later (its depth and age are metrics and alerts); without a spool, or with
   one that does not answer, not ready.
+- a spool that cannot be read (the shared database down) while AhaSend is reachable
+  leaves the relay ready, the body saying ``spool unavailable (degraded)``.
 - anything else is ready, a 403 included: it is usually about one message (an
   unverified sender domain, a key without a scope), not the relay.
 
@@ -50,9 +52,9 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
     if outage is not None:
         ready, reason = _through_outage(outage, metrics.spool_healthy)
     elif metrics.upstream_last is None:
-        ready, reason = True, "ready: listening, AhaSend not contacted yet"
+        ready, reason = True, f"ready: listening, AhaSend not contacted yet{_degraded(metrics)}"
     else:
-        ready, reason = True, "ready: listening, AhaSend reachable"
+        ready, reason = True, f"ready: listening, AhaSend reachable{_degraded(metrics)}"
     return ready, "; ".join([reason, *refused])
 
 
@@ -96,6 +98,11 @@ def _outage(metrics: RelayMetrics) -> str | None:
     if last is not None and last.isdigit() and int(last) >= 500:
         return f"AhaSend answered {last} at the last request"
     return None
+
+
+def _degraded(metrics: RelayMetrics) -> str:
+    """What a ready relay adds when its spool does not answer (mail goes straight on)."""
+    return ", spool unavailable (degraded)" if metrics.spool_healthy is False else ""
 
 
 @dataclass(frozen=True, slots=True)

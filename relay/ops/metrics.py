@@ -29,6 +29,7 @@ from here):
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import math
 import time
@@ -70,6 +71,8 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
 TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 KIB, MIB = 1024.0, 1024.0 * 1024
+REFRESH_TIMEOUT = 1.0
+"""Seconds a scrape waits for the spool's stats before calling the spool unreadable."""
 SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * MIB, 20 * MIB)
 RESULTS = ("accepted", "deferred", "rejected")
 ROUTES = ("sent", "spooled", "dry_run")
@@ -129,9 +132,11 @@ class RelayMetrics:
         *,
         sessions_open: Callable[[], int] | None = None,
         spool_stats: SpoolStatsReader | None = None,
+        spool_available: Callable[[], bool] | None = None,
     ) -> None:
         """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
-        spool's stats (awaited by ``refresh``). Without them, those gauges are not exported."""
+        spool's stats (awaited by ``refresh``); ``spool_available`` says whether the spool's
+        last call reached it. Without them, those gauges are not exported."""
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         Info(PREFIX + "build", "Version of this relay.", registry=registry).info(
@@ -179,6 +184,14 @@ class RelayMetrics:
             self._watch_sessions(sessions_open)
         if spool_stats is not None:
             self._watch_spool()
+        if spool_available is not None:
+            gauge = Gauge(
+                PREFIX + "spool_available",
+                "1 while the spool's last operation reached it (0: PostgreSQL unreachable, "
+                "messages that need the spool get 451).",
+                registry=registry,
+            )
+            gauge.set_function(lambda: float(spool_available()))
 
     def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
@@ -287,7 +300,8 @@ class RelayMetrics:
         if self._spool_stats is None:
             return
         try:
-            self._snapshot = await self._spool_stats()
+            async with asyncio.timeout(REFRESH_TIMEOUT):  # a probe must not wait for a database
+                self._snapshot = await self._spool_stats()
         except Exception:  # an unreadable spool: NaN gauges, /readyz says why
             log.warning("spool_stats_failed", exc_info=True)
             self._snapshot = None
