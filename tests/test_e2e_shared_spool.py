@@ -93,11 +93,12 @@ def test_database_outage_mid_run(cluster: PgCluster, standin: StandIn) -> None:
         cluster.stop()
         try:
             assert _sent_now(send(relay.port, "api up"), standin, "api up")
+            _degraded_but_ready(relay)  # AhaSend works: mail goes straight on
             standin.script(Scripted(503))
             started = time.monotonic()
             assert send(relay.port, "needs the spool") == SPOOL_DOWN
             assert time.monotonic() - started < 15.0  # the pool's timeout, not the client's
-            _degraded_but_ready(relay)
+            _unready(relay)  # neither AhaSend (503 last) nor the spool works
             _open_the_breaker(relay, standin)
             assert _sent_now(send(relay.port, "past the breaker"), standin, "past the breaker")
         finally:
@@ -124,6 +125,13 @@ def _degraded_but_ready(relay: RunningRelay) -> None:
     assert "spool unavailable (degraded)" in body
     _, metrics, _ = get(admin_port(relay), "/metrics")
     assert value(metrics, "ahasend_relay_spool_available") == 0
+
+
+def _unready(relay: RunningRelay) -> None:
+    status, body, _ = get(admin_port(relay), "/readyz")
+    assert (status, body.strip()) == (
+        503, "not ready: AhaSend answered 503 at the last request, spool unavailable",
+    )  # fmt: skip
 
 
 def _open_the_breaker(relay: RunningRelay, standin: StandIn) -> None:

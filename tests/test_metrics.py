@@ -220,23 +220,27 @@ async def test_an_unreadable_spool_with_the_api_reachable_is_ready_but_degraded(
     available = [False]
 
     async def stats() -> SpoolStats:
-        raise SpoolUnavailable("spool postgresql://relay:***@db/relay: connection refused")
+        if not available[0]:
+            raise SpoolUnavailable("spool postgresql://relay:***@db/relay: connection refused")
+        return SpoolStats(queued=0, dead=0, delivered=0, oldest_age=0, max_attempts=0)
 
     metrics = RelayMetrics(spool_stats=stats, spool_available=lambda: available[0])
     await metrics.refresh()
     assert readiness(True, False, metrics) == (
         True, "ready: listening, AhaSend not contacted yet, spool unavailable (degraded)",
     )  # fmt: skip
-    metrics.upstream_reachable = True
+    metrics.record_upstream("202", 0.1, True)
     assert readiness(True, False, metrics) == (
         True, "ready: listening, AhaSend reachable, spool unavailable (degraded)",
     )  # fmt: skip
-    metrics.upstream_reachable = False
+    metrics.record_upstream("unreachable", None, False)
     assert readiness(True, False, metrics) == (
-        False, "not ready: AhaSend unreachable at the last request",
+        False, "not ready: AhaSend unreachable at the last request, spool unavailable",
     )  # fmt: skip
     assert value(metrics.render(), "ahasend_relay_spool_available") == 0
     available[0] = True
+    assert value(metrics.render(), "ahasend_relay_spool_available") == 0  # stats not read yet
+    await metrics.refresh()
     assert value(metrics.render(), "ahasend_relay_spool_available") == 1
 
 

@@ -187,11 +187,11 @@ class RelayMetrics:
         if spool_available is not None:
             gauge = Gauge(
                 PREFIX + "spool_available",
-                "1 while the spool's last operation reached it (0: PostgreSQL unreachable, "
-                "messages that need the spool get 451).",
+                "1 while the spool's last operation and its last stats read reached it "
+                "(0: PostgreSQL unreachable, messages that need the spool get 451).",
                 registry=registry,
             )
-            gauge.set_function(lambda: float(spool_available()))
+            gauge.set_function(lambda: float(spool_available() and self.spool_healthy is not False))
 
     def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
