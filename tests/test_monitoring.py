@@ -44,7 +44,7 @@ def alert_exprs() -> list[str]:
 def test_alert_rules_and_scrape_config_pass_promtool_check() -> None:
     rules = promtool("check", "rules", "alerts.yml")
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 7 rules found" in rules.stdout
+    assert "SUCCESS: 8 rules found" in rules.stdout
     config = promtool("check", "config", "prometheus.yml")
     assert config.returncode == 0, config.stdout + config.stderr
 

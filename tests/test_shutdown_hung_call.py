@@ -48,7 +48,9 @@ def stop_during_hung_call(standin: StandIn, **overrides: Any) -> tuple[tuple[int
     """
     standin.script(Scripted(0, hang=True))
     # The API timeout is far longer than the grace period: the call is still running.
-    relay = RunningRelay(settings_for(standin, ahasend_api_timeout=60.0, **overrides)).start()
+    relay = RunningRelay(
+        settings_for(standin, ahasend_api_timeout=60.0, relay_spool_lease=120.0, **overrides)
+    ).start()
     client = smtplib.SMTP("127.0.0.1", relay.port, timeout=30)
     client.ehlo("client.test")
     client.mail("app@example.com")
