@@ -23,6 +23,7 @@ import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote
 from uuid import UUID
 
 from pydantic import (
@@ -39,7 +40,7 @@ from pydantic import (
 from relay.envfile import read_env_file
 from relay.errors import ConfigError
 
-__all__ = ["ConfigError", "Settings", "known_names", "load_settings"]
+__all__ = ["ConfigError", "Settings", "known_names", "load_settings", "mask_url_password"]
 
 MIB = 1024 * 1024
 AHASEND_MAX_MESSAGE_SIZE = 20 * MIB
@@ -75,6 +76,8 @@ class Settings(BaseModel):
     relay_replicas: int = Field(default=1, ge=1, le=1000)
     relay_api_concurrency: int = Field(default=32, ge=1, le=1000)
     relay_spool_dir: Path | None = None
+    relay_spool_url: SecretStr | None = None
+    relay_spool_lease: float = Field(default=60.0, gt=0)
     relay_spool_max_age: float = Field(default=5 * 86400.0, gt=0)
     relay_spool_retry_min: float = Field(default=30.0, gt=0)
     relay_spool_retry_max: float = Field(default=900.0, gt=0)
@@ -192,9 +195,47 @@ class Settings(BaseModel):
     def _require_bounce_from(self) -> Settings:
         if self.relay_bounce_notices and not (self.relay_bounce_from or "").strip():
             raise ValueError("RELAY_BOUNCE_FROM must be set when RELAY_BOUNCE_NOTICES=true")
-        if self.relay_bounce_notices and self.relay_spool_dir is None:
-            raise ValueError("RELAY_BOUNCE_NOTICES=true needs the spool (RELAY_SPOOL_DIR)")
+        if self.relay_bounce_notices and not self.spool_configured:
+            raise ValueError(
+                "RELAY_BOUNCE_NOTICES=true needs the spool (RELAY_SPOOL_DIR or RELAY_SPOOL_URL)"
+            )
         return self
+
+    @model_validator(mode="after")
+    def _require_one_spool(self) -> Settings:
+        if self.relay_spool_dir is not None and self.relay_spool_url is not None:
+            raise ValueError(
+                "RELAY_SPOOL_DIR and RELAY_SPOOL_URL are both set: choose one spool "
+                "(a local SQLite directory, or the shared PostgreSQL database)"
+            )
+        return self
+
+    @field_validator("relay_spool_url")
+    @classmethod
+    def _parse_spool_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(SPOOL_URL_SCHEMES):
+            raise ValueError("must be a libpq URL: postgresql://user:password@host:port/dbname")
+        return value
+
+    @model_validator(mode="after")
+    def _require_lease_over_two_timeouts(self) -> Settings:
+        if self.relay_spool_lease < 2 * self.ahasend_api_timeout:
+            raise ValueError(
+                f"RELAY_SPOOL_LEASE ({self.relay_spool_lease:g} s) must be at least twice "
+                f"AHASEND_API_TIMEOUT ({self.ahasend_api_timeout:g} s): a claim must outlast "
+                "a delivery attempt, or two replicas could send the same message"
+            )
+        return self
+
+    @property
+    def spool_configured(self) -> bool:
+        """True when a spool is configured (the SQLite directory or the shared database)."""
+        return self.relay_spool_dir is not None or self.relay_spool_url is not None
+
+    @property
+    def spool_url(self) -> str | None:
+        """RELAY_SPOOL_URL in clear (for the driver only; never log it)."""
+        return None if self.relay_spool_url is None else self.relay_spool_url.get_secret_value()
 
     @property
     def binds_loopback_only(self) -> bool:
@@ -245,6 +286,22 @@ LOOPBACK_NETWORKS: tuple[Network, ...] = (
 _ADDRESS = re.compile(r"[^@\s<>]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+")
 _DOMAIN = re.compile(r"(?=.{1,253}$)([A-Za-z0-9_-]{1,63}\.)*[A-Za-z0-9-]{1,63}")
 OPEN_RELAY = "this would be an open relay"
+SPOOL_URL_SCHEMES = ("postgresql://", "postgres://")
+MASK = "***"
+_URL_PASSWORD = re.compile(r"^(?P<head>[a-z]+://[^:@/?#]*):(?P<password>[^@/?#]*)@", re.I)
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&]password=)(?P<password>[^&#]*)", re.I)
+
+
+def mask_url_password(url: str) -> str:
+    """``url`` with its password (``user:PASSWORD@`` or ``?password=``) shown as ``***``."""
+    url = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", url, count=1)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}{MASK}", url)
+
+
+def url_passwords(url: str) -> list[str]:
+    """The password(s) ``url`` carries, as written and percent-decoded (for the log scrubber)."""
+    found = [m["password"] for m in (_URL_PASSWORD.match(url), *_QUERY_PASSWORD.finditer(url)) if m]
+    return [p for raw in found for p in {raw, unquote(raw)} if p]
 
 
 def _items(value: str) -> list[str]:
@@ -323,7 +380,8 @@ def _is_loopback(host: str) -> bool:
 PREFIXES = ("RELAY_", "AHASEND_")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 SECRET_FILES = {"AHASEND_API_KEY": "AHASEND_API_KEY_FILE",
-                "RELAY_AUTH_PASSWORD": "RELAY_AUTH_PASSWORD_FILE"}  # fmt: skip
+                "RELAY_AUTH_PASSWORD": "RELAY_AUTH_PASSWORD_FILE",
+                "RELAY_SPOOL_URL": "RELAY_SPOOL_URL_FILE"}  # fmt: skip
 """Secret settings that may come from a file (``*_FILE``) or a systemd credential."""
 
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, SpoolPolicy, lease_for
+from relay.delivery.policy import TRANSACTION_BACKOFF, Backoff, SpoolPolicy, round_time
 from tests.harness import settings_for
 
 
@@ -38,12 +38,21 @@ def test_spool_policy_from_settings() -> None:
     settings = settings_for(
         relay_spool_retry_min=20, relay_spool_retry_max=600, relay_spool_max_age=3600,
         ahasend_api_timeout=10, relay_api_concurrency=30, relay_api_rate=50,
+        relay_spool_lease=40,
     )  # fmt: skip
     policy = SpoolPolicy.from_settings(settings)
     assert policy.backoff == Backoff(20, 600, (0.8, 1.2), retry_after="floor")
     assert (policy.first_retry, policy.max_age, policy.poll_interval) == (20, 3600, 1.0)
-    # 100 entries: 4 waves of 10 s timeouts, 2 s of pacing, a minute to spare
-    assert policy.lease == lease_for(settings, policy.batch) == 4 * 10 + 2 + 60
+    assert policy.lease == 40
+    # 90 entries: 3 waves of 10 s timeouts and 1.8 s of pacing, 5 s to spare, fit in 40 s;
+    # 91 would need a fourth wave
+    assert policy.batch == 90
+    assert round_time(settings, 90) + 5 <= 40 < round_time(settings, 91) + 5
+
+
+def test_the_default_lease_claims_one_wave() -> None:
+    policy = SpoolPolicy.from_settings(settings_for())
+    assert (policy.lease, policy.batch) == (60, 32)  # 32 at a time, 30 s timeout
 
 
 def test_a_retry_max_below_retry_min_caps_at_retry_min() -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.spool import SpoolBackend, SqliteSpool
+from relay.delivery.spool import PostgresSpool, SpoolBackend, SqliteSpool
 from relay.errors import SpoolUnavailable
 from tests.fakes import FakeTime
+from tests.postgres import PgCluster
 
 Connect = Callable[[], Awaitable[SpoolBackend]]
 
@@ -26,15 +27,27 @@ def time() -> FakeTime:
     return FakeTime()
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "postgres"])
 def connect(request: pytest.FixtureRequest, tmp_path: Path, time: FakeTime) -> Connect:
-    """Opens a connection to this test's store; a new backend adds its parameter here."""
+    """Opens a connection to this test's store; a new backend adds its parameter here.
+
+    PostgreSQL: a fresh database of the private cluster (``tests.postgres``) per test.
+    """
 
     async def sqlite() -> SpoolBackend:
         return SqliteSpool(tmp_path / "spool", clock=time.clock)
 
-    backends: dict[str, Connect] = {"sqlite": sqlite}
-    return backends[request.param]
+    if request.param == "sqlite":
+        return sqlite
+    cluster: PgCluster = request.getfixturevalue("pg_cluster")
+    url = cluster.database()
+
+    async def postgres() -> SpoolBackend:
+        spool = PostgresSpool(url, clock=time.clock)
+        await spool.open()
+        return spool
+
+    return postgres
 
 
 @pytest.fixture

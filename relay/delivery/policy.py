@@ -13,7 +13,8 @@ wait ``min(cap, base * 2**(n-1))`` seconds scaled by a random factor drawn from 
 
 ``SpoolPolicy`` is everything about spooled mail's timing: when a newly spooled request
 is first due (the dispatcher), the backoff between attempts, when to give up, how often
-to look, how much to claim per round and for how long (the worker).
+to look, how much to claim per round and for how long (the worker): the claim lasts
+``RELAY_SPOOL_LEASE`` and a round claims no more than it can finish within it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,14 @@ from typing import Literal
 from relay.config import Settings
 from relay.errors import RelayError, UpstreamThrottled
 
-__all__ = ["TRANSACTION_BACKOFF", "Backoff", "SpoolPolicy", "retry_after_of"]
+__all__ = [
+    "TRANSACTION_BACKOFF",
+    "Backoff",
+    "SpoolPolicy",
+    "batch_for",
+    "retry_after_of",
+    "round_time",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +88,7 @@ class SpoolPolicy:
     batch: int = BATCH
     """Entries claimed per worker round."""
     lease: float = 300.0
-    """How long a round's claim lasts: longer than the round can take (``lease_for``)."""
+    """How long a round's claim lasts (``RELAY_SPOOL_LEASE``): longer than a round takes."""
 
     @property
     def first_retry(self) -> float:
@@ -89,21 +97,37 @@ class SpoolPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SpoolPolicy:
-        """``RELAY_SPOOL_RETRY_MIN``/``_MAX``, ``RELAY_SPOOL_MAX_AGE``, and a fitting lease."""
+        """``RELAY_SPOOL_RETRY_MIN``/``_MAX``, ``RELAY_SPOOL_MAX_AGE``, ``RELAY_SPOOL_LEASE``
+        and a batch whose round fits in that lease (``batch_for``)."""
         return cls(
             backoff=_spool_backoff(settings.relay_spool_retry_min, settings.relay_spool_retry_max),
             max_age=settings.relay_spool_max_age,
             poll_interval=min(1.0, settings.relay_spool_retry_min),
-            lease=lease_for(settings, BATCH),
+            batch=batch_for(settings, settings.relay_spool_lease),
+            lease=settings.relay_spool_lease,
         )
 
 
-def lease_for(settings: Settings, batch: int) -> float:
-    """A claim that outlasts one worker round of ``batch`` entries.
+def round_time(settings: Settings, batch: int) -> float:
+    """The longest one worker round of ``batch`` entries can take.
 
     The worst round: every send times out, ``RELAY_API_CONCURRENCY`` at a time
     (``batch / concurrency`` waves of ``AHASEND_API_TIMEOUT``), after waiting for the
-    pacing of the whole batch (``batch / RELAY_API_RATE``); plus a minute to spare.
+    pacing of the whole batch (``batch / RELAY_API_RATE``).
     """
     waves = math.ceil(batch / settings.relay_api_concurrency)
-    return waves * settings.ahasend_api_timeout + batch / settings.relay_api_rate + 60.0
+    return waves * settings.ahasend_api_timeout + batch / settings.relay_api_rate
+
+
+def batch_for(settings: Settings, lease: float) -> int:
+    """The most entries (up to ``BATCH``, at least 1) one round can claim for ``lease``.
+
+    The round must end with half an ``AHASEND_API_TIMEOUT`` to spare, so that no other
+    replica can claim an entry while this one may still be sending it. (Settings refuse
+    a lease under twice the timeout, so at least one wave always fits.)
+    """
+    spare = settings.ahasend_api_timeout / 2
+    for batch in range(BATCH, 0, -1):
+        if round_time(settings, batch) + spare <= lease:
+            return batch
+    return 1

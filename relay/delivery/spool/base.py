@@ -2,7 +2,8 @@
 
 A spool keeps API requests the relay acknowledged (``250``) but could not hand to AhaSend
 yet, until they are delivered or given up on. ``SpoolBackend`` is the contract every store
-implements (``relay.delivery.spool.sqlite`` is the first); its docstrings are the spec.
+implements (``relay.delivery.spool.sqlite``, the embedded default, and
+``relay.delivery.spool.postgres``, shared by replicas); its docstrings are the spec.
 
 Entry life cycle (``State``)::
 
@@ -103,6 +104,14 @@ class SpoolBackend(Protocol):
     @property
     def location(self) -> str:
         """Where the store lives, for logs and messages: a path, or a URL without password."""
+        ...
+
+    @property
+    def available(self) -> bool:
+        """False from a call that could not reach the store until one succeeds (no I/O).
+
+        The dispatcher reads it to know, before a transaction, that spooling would fail.
+        """
         ...
 
     # -- the dispatcher's side ---------------------------------------------------------

@@ -81,6 +81,7 @@ class SqliteSpool:
         self.path = directory / FILENAME
         self._clock = clock
         self._lock = threading.Lock()
+        self._available = True
         try:
             self._db = _open(directory, self.path)
         except (OSError, sqlite3.Error) as exc:
@@ -89,6 +90,10 @@ class SqliteSpool:
     @property
     def location(self) -> str:
         return str(self.path)
+
+    @property
+    def available(self) -> bool:
+        return self._available
 
     async def close(self) -> None:
         await self._run(lambda db: db.close())
@@ -262,9 +267,12 @@ class SqliteSpool:
     def _locked(self, work: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
             try:
-                return work(self._db)
+                result = work(self._db)
             except sqlite3.Error as exc:
+                self._available = False
                 raise SpoolUnavailable(f"spool {self.path}: {exc}") from exc
+            self._available = True
+            return result
 
 
 _DURABILITY = ("journal_mode", "synchronous")
