@@ -13,6 +13,7 @@ Order (each step uses only what came before)::
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
+    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL [close]
     router                       SingleRouter: the client paced, breaker, retrying [aclose]
     dispatcher, handler          send now or spool; the aiosmtpd hooks
     worker, bouncer              with a spool only (not started here)
@@ -37,7 +38,8 @@ from relay.delivery.bounce import Bouncer
 from relay.delivery.circuit import BreakerSender, CircuitBreaker
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
-from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.pacing import PacedSender, Pacer, TokenBucket
+from relay.delivery.pacing_shared import SharedBuckets, TokenStore
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
 from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
@@ -54,7 +56,15 @@ from relay.smtp.guard import Guard
 from relay.smtp.handler import RelayHandler
 from relay.smtp.replies import DRY_RUN_ACCEPTED, QUEUED
 
-__all__ = ["Relay", "assemble", "build_sender", "default_route", "open_spool", "reload_tenants"]
+__all__ = [
+    "Relay",
+    "assemble",
+    "build_sender",
+    "default_route",
+    "open_spool",
+    "pacing_buckets",
+    "reload_tenants",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +110,8 @@ async def assemble(
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
     stop_retrying = asyncio.Event()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
-    router = build_router(settings, guard, client, metrics, stop_retrying)
+    buckets = pacing_buckets(settings, resources)
+    router = build_router(settings, guard, client, metrics, stop_retrying, buckets=buckets)
     guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
     policy = SpoolPolicy.from_settings(settings)
@@ -126,6 +137,17 @@ async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBack
     spool = await asyncio.to_thread(SqliteSpool, settings.relay_spool_dir)
     resources.push_async_callback(spool.close)
     return spool
+
+
+def pacing_buckets(settings: Settings, resources: AsyncExitStack) -> AccountBuckets | SharedBuckets:
+    """One bucket per account at RELAY_API_RATE / _BURST: this process's, or with the shared
+    spool (RELAY_SPOOL_URL) one for all replicas, in the database (``pacing_shared``)."""
+    rate, burst = settings.relay_api_rate, settings.relay_api_burst
+    if settings.spool_url is None:
+        return AccountBuckets(rate, burst)
+    store = TokenStore(settings.spool_url)
+    resources.push_async_callback(store.aclose)
+    return SharedBuckets(store, rate, burst, settings.relay_replicas)
 
 
 def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:
@@ -159,7 +181,7 @@ def default_route(
     settings: Settings,
     client: Sender,
     stopping: asyncio.Event,
-    bucket: TokenBucket | None = None,
+    bucket: Pacer | None = None,
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY,
@@ -179,7 +201,7 @@ def _route(
     account: str,
     client: Sender,
     *,
-    bucket: TokenBucket,
+    bucket: Pacer,
     stopping: asyncio.Event,
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
@@ -217,12 +239,18 @@ def build_router(
     client: Sender | None,
     metrics: RelayMetrics,
     stopping: asyncio.Event,
+    *,
+    buckets: AccountBuckets | SharedBuckets | None = None,
 ) -> Router:
-    """SingleRouter on the global key, or a TenantRouter with RELAY_TENANTS_FILE."""
+    """SingleRouter on the global key, or a TenantRouter with RELAY_TENANTS_FILE; routes of
+    one account share its bucket from ``buckets`` (default: this process's)."""
+    if buckets is None:
+        buckets = AccountBuckets(settings.relay_api_rate, settings.relay_api_burst)
     if settings.relay_tenants_file is None:
         assert client is not None
-        return SingleRouter(default_route(settings, client, stopping, events=metrics))
-    buckets = AccountBuckets(settings.relay_api_rate, settings.relay_api_burst)
+        account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
+        bucket = buckets.for_account(account)
+        return SingleRouter(default_route(settings, client, stopping, bucket, events=metrics))
     fallback = None
     if client is not None:
         account = str(settings.ahasend_account_id or "")
