@@ -9,7 +9,8 @@ it is opened, so one cleanup path closes whatever was opened, whichever later st
 Order (each step uses only what came before)::
 
     Guard.from_settings          networks, limits, AUTH users, TLS context (ConfigError)
-    spool                        RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
+    spool                        RELAY_SPOOL_URL → PostgresSpool (waits for the database),
+                                 RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
@@ -44,7 +45,7 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
 from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
 from relay.delivery.sender import DryRunSender, Sender
-from relay.delivery.spool import SpoolBackend, SqliteSpool
+from relay.delivery.spool import PostgresSpool, SpoolBackend, SqliteSpool
 from relay.delivery.tenant_router import AccountBuckets, TenantRouter
 from relay.delivery.tenants import Tenant, Tenants, load_tenants
 from relay.delivery.transport import build_transport
@@ -103,6 +104,7 @@ async def assemble(
     metrics = RelayMetrics(
         sessions_open=lambda: len(sessions),
         spool_stats=spool.stats if spool is not None else None,
+        spool_available=(lambda: spool.available) if spool is not None else None,
     )
     guard = dataclasses.replace(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
@@ -131,7 +133,17 @@ async def assemble(
 
 
 async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBackend | None:
-    """The spool ``RELAY_SPOOL_DIR`` names (closed with ``resources``), or None without one."""
+    """The spool the settings name (closed with ``resources``), or None without one.
+
+    ``RELAY_SPOOL_URL``: the shared PostgreSQL spool, which never fails to open (an
+    unreachable database is waited for, see ``relay.delivery.spool.postgres``);
+    ``RELAY_SPOOL_DIR``: the SQLite file (``SpoolUnavailable`` when unusable).
+    """
+    if settings.spool_url is not None:
+        shared = PostgresSpool(settings.spool_url)
+        resources.push_async_callback(shared.close)
+        await shared.open()
+        return shared
     if settings.relay_spool_dir is None:
         return None
     spool = await asyncio.to_thread(SqliteSpool, settings.relay_spool_dir)
@@ -214,7 +226,10 @@ def _route(
         events=events,
         breaker=guarded.breaker,
     )
-    return Route(name, account, sender=guarded, retrying=retrying)
+    past_breaker = RetryingSender(
+        guarded, deadline=settings.relay_retry_deadline, stopping=stopping, events=events
+    )
+    return Route(name, account, sender=guarded, retrying=retrying, past_breaker=past_breaker)
 
 
 def _global_key_unset(settings: Settings, sender: Sender | None) -> bool:

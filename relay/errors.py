@@ -13,6 +13,7 @@ later (4xx) or give up (5xx)::
      │    ├── UpstreamUnexpected           any other status we do not know    451 4.3.0
      │    ├── RelayMisconfigured           401 / 404 (key or account id)      451 4.3.5
      │    ├── ShuttingDown                 the relay is stopping              421 4.3.2
+     │    ├── SpoolRefused                 the spool cannot store it now      451 4.3.0
      │    └── InternalError                a bug in the relay                 451 4.3.0
      └── PermanentError                    5xx: the client bounces the message
           ├── MessageUnparseable           not a usable RFC 5322 message      554 5.6.0
@@ -50,6 +51,7 @@ __all__ = [
     "RelayMisconfigured",
     "SenderRefused",
     "ShuttingDown",
+    "SpoolRefused",
     "SpoolUnavailable",
     "TransientError",
     "UpstreamBusy",
@@ -109,6 +111,11 @@ class UpstreamThrottled(TransientError):
 
 class UpstreamBusy(UpstreamThrottled):
     """AhaSend answered 409: a request with this Idempotency-Key is still in progress."""
+
+
+class SpoolRefused(TransientError):
+    """The message needed the spool (the API could not take it) and the spool could not
+    store it (database unreachable, disk full): nothing was acknowledged."""
 
 
 class UpstreamServerError(TransientError):

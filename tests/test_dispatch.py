@@ -8,9 +8,16 @@ import pytest
 
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.policy import Backoff, SpoolPolicy
-from relay.delivery.route import Submission
+from relay.delivery.route import DEFAULT_ROUTE, Route, SingleRouter, Submission
 from relay.delivery.spool import SqliteSpool
-from relay.errors import InternalError, UpstreamRejected, UpstreamServerError
+from relay.errors import (
+    SpoolRefused,
+    SpoolUnavailable,
+    UpstreamRejected,
+    UpstreamServerError,
+    UpstreamUnreachable,
+)
+from relay.smtp.replies import SPOOL_UNAVAILABLE, reply_for
 from tests.fakes import ACCEPTED, ScriptedSender, one_route
 
 SUBMISSION = Submission("a@x.org", ("b@y.org",))
@@ -55,5 +62,32 @@ async def test_a_spool_that_cannot_write_means_a_transient_reply(tmp_path: Path)
     spool = SqliteSpool(tmp_path)
     await spool.close()  # every write now fails
     sender = ScriptedSender([UpstreamServerError("503")])
-    with pytest.raises(InternalError):
+    with pytest.raises(SpoolRefused) as refused:
         await Dispatcher(one_route(sender), spool).send_all([b"1"], ["k"], SUBMISSION)
+    assert str(reply_for(refused.value)) == "451 4.3.0 Spool unavailable, try again later"
+    assert str(SPOOL_UNAVAILABLE) == "451 4.3.0 Spool unavailable, try again later"
+
+
+async def test_a_spool_that_is_down_sends_past_an_open_breaker(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path)
+    await spool.close()
+    with pytest.raises(SpoolUnavailable):
+        await spool.stats()  # the spool now reports itself unavailable
+    assert not spool.available
+    breaker_open = ScriptedSender([UpstreamUnreachable("circuit open")])
+    past_breaker = ScriptedSender([ACCEPTED])
+    route = Route(DEFAULT_ROUTE, "", breaker_open, breaker_open, past_breaker=past_breaker)
+    deliveries = await Dispatcher(SingleRouter(route), spool).send_all([b"1"], ["k"], SUBMISSION)
+    assert deliveries == [ACCEPTED]
+    assert (breaker_open.keys, past_breaker.keys) == ([], ["k"])
+
+
+async def test_a_healthy_spool_leaves_the_breaker_in_charge(tmp_path: Path) -> None:
+    spool = SqliteSpool(tmp_path)
+    breaker_open = ScriptedSender([UpstreamUnreachable("circuit open")])
+    past_breaker = ScriptedSender([ACCEPTED])
+    route = Route(DEFAULT_ROUTE, "", breaker_open, breaker_open, past_breaker=past_breaker)
+    [delivery] = await Dispatcher(SingleRouter(route), spool).send_all([b"1"], ["k"], SUBMISSION)
+    assert delivery.spooled
+    assert past_breaker.keys == []
+    await spool.close()

@@ -213,6 +213,30 @@ async def test_readiness_rule() -> None:
     )  # fmt: skip
 
 
+async def test_an_unreadable_spool_with_the_api_reachable_is_ready_but_degraded() -> None:
+    available = [False]
+
+    async def stats() -> SpoolStats:
+        raise SpoolUnavailable("spool postgresql://relay:***@db/relay: connection refused")
+
+    metrics = RelayMetrics(spool_stats=stats, spool_available=lambda: available[0])
+    await metrics.refresh()
+    assert readiness(True, False, metrics) == (
+        True, "ready: listening, AhaSend not contacted yet, spool unavailable (degraded)",
+    )  # fmt: skip
+    metrics.upstream_reachable = True
+    assert readiness(True, False, metrics) == (
+        True, "ready: listening, AhaSend reachable, spool unavailable (degraded)",
+    )  # fmt: skip
+    metrics.upstream_reachable = False
+    assert readiness(True, False, metrics) == (
+        False, "not ready: AhaSend unreachable at the last request",
+    )  # fmt: skip
+    assert value(metrics.render(), "ahasend_relay_spool_available") == 0
+    available[0] = True
+    assert value(metrics.render(), "ahasend_relay_spool_available") == 1
+
+
 def test_sessions_open_is_read_at_scrape_time() -> None:
     sessions = {"a", "b"}
     metrics = RelayMetrics(sessions_open=lambda: len(sessions))

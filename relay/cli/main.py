@@ -22,11 +22,17 @@ from pydantic import SecretStr
 
 from relay import __version__
 from relay.assembly import build_sender
-from relay.cli.queue import add_queue_commands, run_queue_command
+from relay.cli.queue import add_queue_commands, add_spool_options, run_queue_command
 from relay.cli.tenants_check import check_tenants_online
-from relay.config import Settings, load_settings
+from relay.config import (
+    SPOOL_URL_SCHEMES,
+    Settings,
+    load_settings,
+    mask_url_password,
+    url_passwords,
+)
 from relay.delivery.api import AhaSendClient
-from relay.delivery.spool import SpoolBackend, SqliteSpool
+from relay.delivery.spool import PostgresSpool, SpoolBackend, SqliteSpool
 from relay.errors import (
     ConfigError,
     RelayError,
@@ -60,15 +66,17 @@ settings, highest precedence first:
   1. these flags (--dry-run, --host, --port)
   2. the environment: AHASEND_* and RELAY_* variables
   3. --env-file PATH, read as systemd's EnvironmentFile= reads it
-  secrets may instead come from AHASEND_API_KEY_FILE / RELAY_AUTH_PASSWORD_FILE or
-  from systemd credentials ahasend_api_key / relay_auth_password (LoadCredential=)
+  secrets may instead come from AHASEND_API_KEY_FILE / RELAY_AUTH_PASSWORD_FILE /
+  RELAY_SPOOL_URL_FILE or from systemd credentials ahasend_api_key /
+  relay_auth_password / relay_spool_url (LoadCredential=)
   every variable is documented in config.example.env; an unknown AHASEND_* or
   RELAY_* name is an error. `ahasend-relay check-config` validates them.
 
 exit status:
   0   stopped by SIGTERM/SIGINT after a graceful shutdown
   71  cannot listen on the SMTP or the metrics address
-  73  the spool (RELAY_SPOOL_DIR) cannot be opened
+  73  the spool (RELAY_SPOOL_DIR) cannot be opened (an unreachable RELAY_SPOOL_URL
+      database is waited for instead)
   78  configuration error (one line on stderr names the setting); restarting
       cannot help
 """
@@ -114,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     hasher.set_defaults(command=cmd_hash_password)
     queue = commands.add_parser("queue", help="list, show, retry or delete spooled messages")
     _add_settings_options(queue)
-    queue.add_argument("--spool-dir", type=Path, help="the spool directory (RELAY_SPOOL_DIR)")
+    add_spool_options(queue)
     add_queue_commands(queue)
     queue.set_defaults(command=cmd_queue)
     _add_ops_commands(commands)
@@ -151,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     key = settings.ahasend_api_key.get_secret_value() if settings.ahasend_api_key else ""
     password = settings.relay_auth_password
     secrets = [key, password.get_secret_value() if password else ""]
+    secrets += url_passwords(settings.spool_url or "")
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
               recipients=settings.relay_log_recipients)  # fmt: skip
     log_uncaught_exceptions()
@@ -201,22 +210,40 @@ def cmd_queue(args: argparse.Namespace) -> int:
     """Run a ``queue`` subcommand against the spool (works while the daemon runs)."""
     # The queue tools never call the API, so they do not need its credentials.
     settings = load_settings(getattr(args, "env_file", None), relay_dry_run=True)
-    directory = args.spool_dir or settings.relay_spool_dir
-    if directory is None:
-        raise ConfigError("RELAY_SPOOL_DIR (or --spool-dir) must name the spool directory")
-    if not directory.is_dir():
+    if args.spool_dir is not None and args.spool_url is not None:
+        raise ConfigError("--spool-dir and --spool-url are both given: choose one spool")
+    url = args.spool_url if args.spool_dir is None else None
+    if url is None and args.spool_dir is None:
+        url = settings.spool_url
+    directory = None if url is not None else args.spool_dir or settings.relay_spool_dir
+    if url is None and directory is None:
+        raise ConfigError(
+            "RELAY_SPOOL_DIR or RELAY_SPOOL_URL (or --spool-dir / --spool-url) must name the spool"
+        )
+    if directory is not None and not directory.is_dir():
         print(f"ahasend-relay: no spool at {directory}", file=sys.stderr)
         return EX_CONFIG
     try:
-        spool = SqliteSpool(directory)
-        return asyncio.run(_queue(args, spool, settings.relay_spool_max_age))
+        return asyncio.run(_queue(args, url, directory, settings.relay_spool_max_age))
     except SpoolUnavailable as exc:
         print(f"ahasend-relay: {exc}", file=sys.stderr)
         return EX_CANTCREAT
 
 
-async def _queue(args: argparse.Namespace, spool: SpoolBackend, max_age: float) -> int:
-    """The queue command on ``spool``, which is closed afterwards."""
+async def _queue(
+    args: argparse.Namespace, url: str | None, directory: Path | None, max_age: float
+) -> int:
+    """The queue command on the spool at ``url`` or in ``directory``, closed afterwards."""
+    spool: SpoolBackend
+    if url is not None:
+        if not url.startswith(SPOOL_URL_SCHEMES):
+            raise ConfigError("--spool-url must be a libpq URL: postgresql://user:password@host/db")
+        shared = PostgresSpool(url)
+        await shared.open()
+        spool = shared
+    else:
+        assert directory is not None
+        spool = SqliteSpool(directory)
     try:
         return await run_queue_command(args, spool, max_age, sys.stdout)
     finally:
@@ -292,6 +319,8 @@ def summary(settings: Settings) -> list[tuple[str, str]]:
 
 
 def _shown(name: str, value: Any) -> str:
+    if name == "relay_spool_url" and isinstance(value, SecretStr):
+        return mask_url_password(value.get_secret_value())  # where the spool is, not how to log in
     if isinstance(value, SecretStr):
         value = value.get_secret_value()
     elif not _SECRET_NAME.search(name):

@@ -1,7 +1,9 @@
 """``ahasend-relay queue``: look at and act on the spool, also while the daemon runs.
 
 The commands open the same spool as the daemon (the SQLite file's WAL mode lets both work
-at once) and change it in single transactions; the worker notices within a few seconds.
+at once; the PostgreSQL spool is shared by every replica anyway) and change it in single
+transactions; the workers notice within a few seconds. The spool is ``--spool-dir`` or
+``--spool-url`` (before or after the action), else RELAY_SPOOL_DIR / RELAY_SPOOL_URL.
 They drive the spool backend's async API (``SpoolBackend``); ``run_queue_command`` is a
 coroutine, run by ``cli.main`` with ``asyncio.run``.
 
@@ -19,30 +21,51 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TextIO
 
 from relay.delivery.spool import STATES, SpoolBackend, SpoolEntry
 
-__all__ = ["add_queue_commands", "format_entry", "run_queue_command"]
+__all__ = ["add_queue_commands", "add_spool_options", "format_entry", "run_queue_command"]
 
 EX_NOT_FOUND = 1
 
 
+def add_spool_options(parser: argparse.ArgumentParser, *, on_action: bool = False) -> None:
+    """``--spool-dir`` / ``--spool-url`` on ``parser``: the ``queue`` parser itself, or
+    (``on_action``) each action, where an option left out keeps the ``queue`` one's value
+    (so ``queue --spool-url URL list`` and ``queue list --spool-url URL`` both work)."""
+    default = argparse.SUPPRESS if on_action else None
+    parser.add_argument("--spool-dir", type=Path, default=default,
+                        help="the SQLite spool directory (RELAY_SPOOL_DIR)")  # fmt: skip
+    parser.add_argument("--spool-url", default=default, metavar="URL",
+                        help="the shared PostgreSQL spool (RELAY_SPOOL_URL)")  # fmt: skip
+
+
 def add_queue_commands(parser: argparse.ArgumentParser) -> None:
     """The ``queue`` subcommands on ``parser`` (their handler: ``args.queue_command``)."""
+    location = argparse.ArgumentParser(add_help=False)
+    add_spool_options(location, on_action=True)
     actions = parser.add_subparsers(title="queue commands", metavar="ACTION", required=True)
-    listing = actions.add_parser("list", help="list spooled messages")
+
+    def add_action(name: str, help_text: str) -> argparse.ArgumentParser:
+        action: argparse.ArgumentParser = actions.add_parser(
+            name, help=help_text, parents=[location]
+        )
+        return action
+
+    listing = add_action("list", "list spooled messages")
     listing.add_argument("--state", choices=STATES)
     listing.set_defaults(queue_command=_list)
-    show = actions.add_parser("show", help="show one message")
+    show = add_action("show", "show one message")
     show.add_argument("id", type=int)
     show.set_defaults(queue_command=_show)
-    retry = actions.add_parser("retry", help="retry now (dead messages are requeued)")
+    retry = add_action("retry", "retry now (dead messages are requeued)")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("id", type=int, nargs="?")
     which.add_argument("--all", action="store_true", help="every queued and dead message")
     retry.set_defaults(queue_command=_retry)
-    delete = actions.add_parser("delete", help="remove a message for good")
+    delete = add_action("delete", "remove a message for good")
     delete.add_argument("id", type=int)
     delete.set_defaults(queue_command=_delete)
 

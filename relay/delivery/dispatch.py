@@ -9,6 +9,11 @@ is configured: then that request and every later one of the transaction are writ
 the spool (committed and fsync'd) and come back as ``Delivery(spooled=True)``, so the
 handler may answer 250 only once nothing acknowledged can be lost. Requests the API took
 stay sent.
+
+When the spool reports itself unavailable (its ``available`` is False: the shared
+database is unreachable), the API is the only place a message can go, so it is tried even
+while the circuit breaker is open (``Route.past_breaker``); a request that still needs
+the spool then gets ``SpoolRefused`` (``451 4.3.0``), never a 250 without a stored row.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.route import Router, Submission
 from relay.delivery.sender import Delivery
 from relay.delivery.spool import SpoolBackend
-from relay.errors import InternalError, TransientError
+from relay.errors import InternalError, SpoolRefused, SpoolUnavailable, TransientError
 from relay.ops.log import get_logger
 
 __all__ = ["Dispatcher"]
@@ -49,6 +54,8 @@ class Dispatcher:
         """One Delivery per request, in order; raises the RelayError the reply should show."""
         route = self._router.route(submission)
         sender = route.retrying
+        if self._spool is not None and not self._spool.available and route.past_breaker:
+            sender = route.past_breaker
         deliveries: list[Delivery] = []
         failure: TransientError | None = None
         for body, key in zip(bodies, keys, strict=True):
@@ -80,7 +87,10 @@ class Dispatcher:
                 max_age=self._policy.max_age,
                 route=route,
             )
-        except Exception as exc:  # disk full, permissions...: the client must keep it
+        except SpoolUnavailable as exc:  # database down, disk full...: the client keeps it
+            log.warning("spool_write_failed", idempotency_key=key, error=str(exc))
+            raise SpoolRefused("spool unavailable") from exc
+        except Exception as exc:  # a bug: the client must keep the message
             log.exception("spool_write_failed", idempotency_key=key)
             raise InternalError("spool write failed") from exc
         log.info("spooled", spool_id=spool_id, idempotency_key=key, error=error, route=route)

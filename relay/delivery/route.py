@@ -52,6 +52,9 @@ class Route:
     """One attempt per call: the account's API client behind its pacing (the worker's)."""
     retrying: Sender
     """``sender`` with the in-transaction retries (``RetryingSender``): the dispatcher's."""
+    past_breaker: Sender | None = None
+    """``retrying`` that tries the API even while the circuit breaker is open: for a
+    transaction the spool cannot take either (None: ``retrying`` is used)."""
 
 
 class Router(Protocol):

@@ -5,7 +5,9 @@ Readiness: the relay is ready when it listens and mail it accepts can go somewhe
 AhaSend answered the last request (any HTTP status counts as reachable; nothing sent
 yet counts as reachable too, since probing AhaSend on every scrape would be a load and
 a failure amplifier), or the spool reports itself healthy and will hold mail until
-AhaSend is back. In dry-run mode nothing goes upstream, so listening is enough.
+AhaSend is back. A spool that cannot be read (the shared database down) while AhaSend is
+reachable leaves the relay ready, and the body says ``spool unavailable (degraded)``.
+In dry-run mode nothing goes upstream, so listening is enough.
 
 The probe: an SMTP greeting (``220``) from the relay's port, then, when the metrics
 port is configured, ``200`` from ``/healthz``. Both with a short timeout.
@@ -30,10 +32,11 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
         return False, "not ready: SMTP listener is not accepting connections"
     if dry_run:
         return True, "ready: listening (dry run)"
+    degraded = ", spool unavailable (degraded)" if metrics.spool_healthy is False else ""
     if metrics.upstream_reachable is None:
-        return True, "ready: listening, AhaSend not contacted yet"
+        return True, f"ready: listening, AhaSend not contacted yet{degraded}"
     if metrics.upstream_reachable:
-        return True, "ready: listening, AhaSend reachable"
+        return True, f"ready: listening, AhaSend reachable{degraded}"
     if metrics.spool_healthy:
         return True, "ready: listening, AhaSend unreachable, spool healthy"
     return False, "not ready: AhaSend unreachable at the last request"

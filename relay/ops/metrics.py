@@ -106,9 +106,11 @@ class RelayMetrics:
         *,
         sessions_open: Callable[[], int] | None = None,
         spool_stats: SpoolStatsReader | None = None,
+        spool_available: Callable[[], bool] | None = None,
     ) -> None:
         """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
-        spool's stats (awaited by ``refresh``). Without them, those gauges are not exported."""
+        spool's stats (awaited by ``refresh``); ``spool_available`` says whether the spool's
+        last call reached it. Without them, those gauges are not exported."""
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         Info(PREFIX + "build", "Version of this relay.", registry=registry).info(
@@ -147,6 +149,14 @@ class RelayMetrics:
             self._watch_sessions(sessions_open)
         if spool_stats is not None:
             self._watch_spool()
+        if spool_available is not None:
+            gauge = Gauge(
+                PREFIX + "spool_available",
+                "1 while the spool's last operation reached it (0: PostgreSQL unreachable, "
+                "messages that need the spool get 451).",
+                registry=registry,
+            )
+            gauge.set_function(lambda: float(spool_available()))
 
     def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(

@@ -26,6 +26,7 @@ from relay.errors import (
     RelayMisconfigured,
     SenderRefused,
     ShuttingDown,
+    SpoolRefused,
     TransientError,
     UpstreamBusy,
     UpstreamForbidden,
@@ -40,6 +41,7 @@ from relay.errors import (
 __all__ = [
     "RECIPIENT_NOT_ALLOWED",
     "REPLY_FOR",
+    "SPOOL_UNAVAILABLE",
     "Reply",
     "reply_for",
     "sanitize",
@@ -94,6 +96,7 @@ BAD_RECIPIENT_ADDRESS: Final = Reply(550, "5.1.3", "Recipient address must be us
 TOO_LARGE: Final = Reply(552, "5.3.4", "Message too big for system")
 SERVICE_NOT_AVAILABLE: Final = Reply(421, "4.3.2", "Service shutting down, try again later")
 LOCAL_ERROR: Final = Reply(451, "4.3.0", "Local error in processing, try again later")
+SPOOL_UNAVAILABLE: Final = Reply(451, "4.3.0", "Spool unavailable, try again later")
 
 # -- replies of the security layer (relay.smtp.access, relay.smtp.session) -----------------
 AUTH_OK: Final = Reply(235, "2.7.0", "Authentication successful")
@@ -142,6 +145,7 @@ REPLY_FOR: Final[dict[type[RelayError], Reply]] = {
     UpstreamUnexpected: Reply(451, "4.3.0", "Unexpected upstream API answer, try again later"),
     RelayMisconfigured: Reply(451, "4.3.5", "Relay misconfigured, try again later"),
     ShuttingDown: SERVICE_NOT_AVAILABLE,
+    SpoolRefused: SPOOL_UNAVAILABLE,
     InternalError: LOCAL_ERROR,
     TransientError: LOCAL_ERROR,
     MessageUnparseable: Reply(554, "5.6.0", "Message could not be parsed"),
