@@ -37,7 +37,7 @@ from relay.delivery.policy import SpoolPolicy, retry_after_of
 from relay.delivery.route import Router
 from relay.delivery.sender import Delivery
 from relay.delivery.spool import SpoolBackend, SpoolEntry, SpoolStats
-from relay.errors import PermanentError, RelayError, TransientError
+from relay.errors import PermanentError, RelayError, SpoolUnavailable, TransientError
 from relay.ops.log import get_logger
 
 __all__ = ["SpoolWorker"]
@@ -167,8 +167,13 @@ class SpoolWorker:
         log.info("bounce_sent", spool_id=entry.id, to=entry.mail_from)
 
     async def _pause(self) -> None:
-        """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``."""
-        next_due = await self._spool.next_due()
+        """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``.
+
+        Never raises for an unreachable spool: the worker must outlive a database outage."""
+        try:
+            next_due = await self._spool.next_due()
+        except SpoolUnavailable:  # the shared database is down: ask again after the poll
+            next_due = None
         wait = self._policy.poll_interval
         if next_due is not None:
             wait = min(wait, max(next_due - self._clock(), 0.0))
