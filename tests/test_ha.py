@@ -7,6 +7,10 @@ shared database, and the stand-in AhaSend API, which counts requests by Idempote
 
 - PROXY protocol: the replicas see the application's address, not the balancer's.
 - Aggregate pacing: three replicas at ``RELAY_API_RATE=30`` together send 30/s.
+- An API outage while 300 messages arrive, then a replica SIGKILLed while the others
+  drain: every 250 reaches the stand-in exactly once (by Idempotency-Key), none lost.
+- PostgreSQL stopped for 10 s mid-load: no 250 without a stored row, 451 4.3.0 for mail
+  that needed the spool, the balancer keeps every replica, recovery without a restart.
 
 Slow (processes, real timing): marked ``ha``; about a minute in all.
 """
@@ -213,3 +217,90 @@ def test_api_outage_then_a_replica_killed_while_draining_loses_nothing(
     print(f"taken over from the killed replica after its lease: {len(late)}")
     assert "Traceback" not in logs
     assert PASSWORD not in logs
+
+
+class Load:
+    """``threads`` SMTP clients sending numbered messages through ``port`` until stopped;
+    each reply kept with the time it came."""
+
+    def __init__(self, port: int, threads: int, pause: float) -> None:
+        self.replies: dict[str, tuple[int, str, float]] = {}
+        self._port, self._pause = port, pause
+        self._stop = threading.Event()
+        self._numbers = iter(range(1_000_000))
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
+
+    def _client(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                subject = f"Load {next(self._numbers)}"
+            code, text = send_one(self._port, subject)
+            with self._lock:
+                self.replies[subject] = (code, text, time.monotonic())
+            time.sleep(self._pause)
+
+
+def test_database_stopped_mid_load_never_gives_a_250_without_a_stored_row(
+    standin: StandIn, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """One API request in three fails (those need the spool) while PostgreSQL is stopped
+    for 10 s in the middle of the load. Meanwhile mail the API takes still gets 250, mail
+    that needs the spool gets 451 4.3.0 and is never sent; afterwards the same processes
+    spool again. Every 250 reaches the stand-in exactly once."""
+    url = pg_cluster.database()
+    standin.script(*[Scripted(503) if i % 3 == 0 else Scripted(202) for i in range(30_000)])
+    with behind_haproxy(standin, tmp_path, RELAY_SPOOL_URL=url, **SHARED) as (balancer, replicas):
+        pids = [r.process.pid for r in replicas if r.process is not None]
+        with Load(balancer.port, threads=4, pause=0.1) as load:
+            time.sleep(3)
+            pg_cluster.stop()
+            down = time.monotonic()
+            time.sleep(10)
+            pg_cluster.start()
+            up = time.monotonic()
+            time.sleep(4)
+        during = list(standin.requests)
+        standin.clear()  # the API is healthy from now on: the spool drains
+        replies = dict(load.replies)
+        acked = {s for s, (code, _, _) in replies.items() if code == 250}
+        wait_until(
+            lambda: {r.json["subject"] for r in standin.accepted + during if r.accepted} >= acked,
+            60, "every acknowledged message at the stand-in",
+        )  # fmt: skip
+        time.sleep(1.0)
+        assert [r.process.pid for r in replicas if r.running and r.process] == pids
+        counts = spool_counts(pg_cluster, url)
+        logs = [r.logs() for r in replicas]
+        checks = balancer.log.read_text()
+    # /readyz stayed 200 (the API was reachable): the balancer never took a replica out.
+    assert "is DOWN" not in checks, checks[-2000:]
+    refused = {s for s, (code, _, _) in replies.items() if code != 250}
+    outcomes = Counter((code, text) for code, text, _ in replies.values() if code != 250)
+    assert set(outcomes) <= {(451, "4.3.0 Spool unavailable, try again later")}, outcomes
+    assert refused, "no message needed the spool while the database was down"
+    while_down = [(c, t) for c, t, at in replies.values() if down + 1 < at < up]
+    assert any(c == 250 for c, _ in while_down), "the API path stopped with the database"
+    after = [t for c, t, at in replies.values() if at > up + 2 and c == 250]
+    assert any(t.startswith("2.0.0 Queued for delivery") for t in after), "no spooling after"
+    print(
+        f"\ndatabase down 10 s: {len(replies)} messages, {len(acked)} got 250 "
+        f"({sum(1 for c, _ in while_down if c == 250)} while down), {len(refused)} got 451"
+    )
+    assert "queued" not in counts
+    check_exactly_once(during + standin.requests, acked)
+    assert not acked & refused
+    for log in logs:
+        assert PASSWORD not in log
+    assert any(events(log, "pacing_shared_unavailable") for log in logs)
+    assert any(events(log, "pacing_shared_restored") for log in logs)
