@@ -37,12 +37,19 @@ CLIENT = "127.0.0.2"  # the applications' address (in the replicas' allowed netw
 STRANGER = "127.0.0.3"  # a client the replicas must refuse
 
 
-def haproxy_config(example: str, bind: int, replicas: list[tuple[int, int]]) -> str:
+def haproxy_config(
+    example: str, bind: int, replicas: list[tuple[int, int]], proxy: str = "v2"
+) -> str:
     """``example`` listening on 127.0.0.1:``bind``, its servers the ``replicas``
-    ((SMTP port, metrics port) each) on loopback."""
+    ((SMTP port, metrics port) each) on loopback; ``proxy="v1"`` switches the PROXY
+    header to the text version, as the example's comment tells operators to."""
     text, found = re.subn(r"(?m)^(\s*bind) \S+$", rf"\1 127.0.0.1:{bind}", example)
     if found != 1:
         raise ValueError("the HAProxy example has no single 'bind' line")
+    if proxy == "v1":
+        text, found = re.subn(r"(?m)^(\s*default-server .*)send-proxy-v2", r"\1send-proxy", text)
+        if found != 1:
+            raise ValueError("the HAProxy example's default-server sends no PROXY v2 header")
     servers = list(re.finditer(r"(?m)^(\s*)server (\S+) \S+$", text))
     if len(servers) != len(replicas):
         raise ValueError(f"the example names {len(servers)} servers, not {len(replicas)}")
@@ -55,10 +62,10 @@ def haproxy_config(example: str, bind: int, replicas: list[tuple[int, int]]) -> 
 class HAProxy:
     """A foreground ``haproxy`` on a generated config (``stop`` ends it)."""
 
-    def __init__(self, folder: Path, replicas: list[tuple[int, int]]) -> None:
+    def __init__(self, folder: Path, replicas: list[tuple[int, int]], proxy: str = "v2") -> None:
         self.port = free_port()
         self.config = folder / "haproxy.cfg"
-        self.config.write_text(haproxy_config(EXAMPLE.read_text(), self.port, replicas))
+        self.config.write_text(haproxy_config(EXAMPLE.read_text(), self.port, replicas, proxy))
         self.log = folder / "haproxy.log"
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -198,11 +205,11 @@ def send_one(port: int, subject: str, source: str = CLIENT) -> tuple[int, str]:
 
 @contextmanager
 def behind_haproxy(
-    standin: StandIn, folder: Path, count: int = 3, **env: str
+    standin: StandIn, folder: Path, count: int = 3, proxy: str = "v2", **env: str
 ) -> Iterator[tuple[HAProxy, list[Replica]]]:
     """``count`` replicas (started together) behind HAProxy; all stopped on exit."""
     replicas = [Replica(f"relay{i + 1}", standin, folder, env) for i in range(count)]
-    balancer = HAProxy(folder, [(r.port, r.metrics_port) for r in replicas])
+    balancer = HAProxy(folder, [(r.port, r.metrics_port) for r in replicas], proxy)
     try:
         for replica in replicas:
             replica.launch()

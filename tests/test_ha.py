@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.ha import CLIENT, STRANGER, behind_haproxy, send_one, smtp_from
+from tests.ha import CLIENT, EXAMPLE, STRANGER, behind_haproxy, haproxy_config, send_one, smtp_from
 from tests.postgres import PASSWORD, PgCluster
 from tests.standin import Recorded, Scripted, StandIn
 
@@ -51,10 +51,17 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def test_replicas_behind_haproxy_see_the_real_client(standin: StandIn, tmp_path: Path) -> None:
-    """Through the balancer the PROXY header names the application (allowed) or a stranger
-    (refused, 554 5.7.1); a replica refuses a direct connection from an untrusted peer."""
-    with behind_haproxy(standin, tmp_path, RELAY_LOG_LEVEL="debug") as (balancer, replicas):
+@pytest.mark.parametrize("proxy", ["v2", "v1"])
+def test_replicas_behind_haproxy_see_the_real_client(
+    standin: StandIn, tmp_path: Path, proxy: str
+) -> None:
+    """Through the balancer the PROXY header (binary v2 or text v1) names the application
+    (allowed) or a stranger (refused, 554 5.7.1); a replica refuses a direct connection
+    from an untrusted peer."""
+    with behind_haproxy(standin, tmp_path, proxy=proxy, RELAY_LOG_LEVEL="debug") as (
+        balancer,
+        replicas,
+    ):
         replies = [send_one(balancer.port, f"Proxied {i}") for i in range(6)]
         refused = send_one(balancer.port, "Stranger", source=STRANGER)
         with pytest.raises(OSError), smtp_from(CLIENT, replicas[0].port, timeout=5):
@@ -304,3 +311,26 @@ def test_database_stopped_mid_load_never_gives_a_250_without_a_stored_row(
         assert PASSWORD not in log
     assert any(events(log, "pacing_shared_unavailable") for log in logs)
     assert any(events(log, "pacing_shared_restored") for log in logs)
+
+
+def test_the_config_generator_follows_the_example() -> None:
+    """The rewrite touches the bind and server lines only, and refuses an example it
+    does not recognise (so the example cannot drift away from what the tests run)."""
+    example = EXAMPLE.read_text()
+    generated = haproxy_config(example, 2600, [(2701, 9701), (2702, 9702), (2703, 9703)])
+    changed = [
+        (a, b) for a, b in zip(example.splitlines(), generated.splitlines(), strict=True) if a != b
+    ]
+    assert [b.strip() for _, b in changed] == [
+        "bind 127.0.0.1:2600",
+        "server relay1 127.0.0.1:2701 port 9701",
+        "server relay2 127.0.0.1:2702 port 9702",
+        "server relay3 127.0.0.1:2703 port 9703",
+    ]
+    v1 = haproxy_config(example, 2600, [(1, 2)] * 3, proxy="v1")
+    assert "send-proxy-v2" not in v1
+    assert " send-proxy" in v1
+    with pytest.raises(ValueError, match="servers"):
+        haproxy_config(example, 2600, [(1, 2)] * 2)
+    with pytest.raises(ValueError, match="bind"):
+        haproxy_config(example.replace("bind :2525", "bind :25 :26"), 2600, [(1, 2)] * 3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
+import sys
 import time
 
 import pytest
@@ -23,6 +25,7 @@ from relay.delivery.retry import RetryingSender
 from relay.errors import ConfigError, UpstreamUnreachable
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 from tests.harness import free_port
+from tests.paths import REPO
 from tests.postgres import PASSWORD, PgCluster
 
 ACCOUNT = "5d2c6c1e-7a0a-4b8a-9d5e-3f1b2a4c6e80"
@@ -219,3 +222,18 @@ def test_relay_replicas_below_one_is_refused() -> None:
     ):
         load_settings(environ={"RELAY_DRY_RUN": "true", "RELAY_REPLICAS": "0"})
     assert load_settings(environ={"RELAY_DRY_RUN": "true"}).relay_replicas == 1
+
+
+def test_the_bench_measures_takes_on_a_given_database(pg_cluster: PgCluster) -> None:
+    """``python -m bench.pacing_shared`` (smoke: tiny counts, no figure asserted)."""
+    url = pg_cluster.database()
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pacing_shared", "--url", url, "--takers", "2",
+         "--takes", "20"],
+        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in rows[1:]] == ["1", "3"]
+    assert PASSWORD not in done.stdout + done.stderr
+    assert pg_cluster.psql("SELECT count(*) FROM relay_api_bucket", url.rsplit("/", 1)[1]) == "1"
