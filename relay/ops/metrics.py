@@ -56,14 +56,15 @@ __all__ = ["MessageObserver", "MeteredTransport", "RelayMetrics", "refusal_reaso
 disable_created_metrics()  # type: ignore[no-untyped-call]  # no *_created series: dashboards never use them
 log = get_logger("relay.upstream")
 PREFIX = "ahasend_relay_"
-STATS_TIMEOUT = 0.5
-"""Seconds ``refresh`` waits for the spool's stats. A health check must get its answer
-within its own timeout (kubelet's default is 1 s, the HAProxy example's 2 s) even while
-the shared database does not answer; /readyz then reports the spool as degraded."""
 LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
 TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 KIB, MIB = 1024.0, 1024.0 * 1024
+REFRESH_TIMEOUT = 0.5
+"""Seconds a scrape waits for the spool's stats before calling the spool unreadable. A
+health check must get its answer within its own timeout (kubelet's default is 1 s, the
+HAProxy example's 2 s) even while the shared database does not answer; /readyz then
+reports the spool as degraded."""
 SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * MIB, 20 * MIB)
 RESULTS = ("accepted", "deferred", "rejected")
 ROUTES = ("sent", "spooled", "dry_run")
@@ -112,7 +113,7 @@ class RelayMetrics:
         sessions_open: Callable[[], int] | None = None,
         spool_stats: SpoolStatsReader | None = None,
         spool_available: Callable[[], bool] | None = None,
-        stats_timeout: float = STATS_TIMEOUT,
+        stats_timeout: float = REFRESH_TIMEOUT,
     ) -> None:
         """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
         spool's stats (awaited by ``refresh``, for at most ``stats_timeout`` seconds);
@@ -260,7 +261,8 @@ class RelayMetrics:
         if self._spool_stats is None:
             return
         try:
-            self._snapshot = await asyncio.wait_for(self._spool_stats(), self._stats_timeout)
+            async with asyncio.timeout(self._stats_timeout):  # a probe must not wait for a database
+                self._snapshot = await self._spool_stats()
         except Exception:  # an unreadable spool: NaN gauges, /readyz says why
             log.warning("spool_stats_failed", exc_info=True)
             self._snapshot = None

@@ -53,6 +53,8 @@ _COLUMNS = (
 _RELEASE = "claimed_until = NULL"
 CONNECT_TIMEOUT = 5
 """libpq's ``connect_timeout`` (seconds) unless the URL sets its own."""
+RECONNECT_ROUND = 10.0
+"""Seconds the pool retries (1, 2, 4 s apart) before the next call starts over."""
 
 
 class PostgresSpool:
@@ -88,7 +90,9 @@ class PostgresSpool:
             timeout=timeout,
             kwargs=_connect_options(url),
             check=AsyncConnectionPool.check_connection,
-            reconnect_timeout=float(365 * 86400),  # never give up: the relay waits for it
+            # Give up a reconnection round after 10 s: the next call starts a fresh one, so
+            # a long outage does not stretch the pool's backoff past the recovery.
+            reconnect_timeout=RECONNECT_ROUND,
             name="relay-spool",
         )
 
