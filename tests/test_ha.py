@@ -84,8 +84,9 @@ def test_replicas_behind_haproxy_see_the_real_client(
     for record in (e for s in sessions for e in s):
         assert str(record["peer"]).startswith(f"{CLIENT}:"), record
         assert str(record["via"]).startswith("127.0.0.1:"), record
-    untrusted = events(logs[0], "proxy_peer_untrusted")
-    assert [e["client"] for e in untrusted] == [CLIENT]
+    # (The start-up probe, which connects and closes at once, may log one with no address.)
+    untrusted = [e["client"] for e in events(logs[0], "proxy_peer_untrusted")]
+    assert [c for c in untrusted if c not in (None, "None")] == [CLIENT]
 
 
 def max_in_window(stamps: list[float], width: float = 1.0) -> int:
