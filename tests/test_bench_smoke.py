@@ -31,3 +31,14 @@ def test_quick_bench_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert len(results["growth"]["batches"]) == 10
     assert len(results["verdicts"]) == 8
     assert "| relay |" in done.stdout
+
+
+def test_quick_spool_bench_measures_sqlite_and_psycopg() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.spool", "--quick"],
+        cwd=REPO, capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:3]] == ["| sqlite", "| psycopg"]
+    assert all(float(row.split(" | ")[1]) > 0 for row in rows[1:])

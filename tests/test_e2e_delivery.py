@@ -313,7 +313,7 @@ def test_a_spool_that_cannot_be_written_gives_a_4xx_never_a_250(
         assert relay.server.spool is not None
         relay.call(relay.server.spool.close())  # e.g. the disk is gone
         code, text = send(relay, message())
-    assert (code, text) == (451, "4.3.0 Local error in processing, try again later")
+    assert (code, text) == (451, "4.3.0 Spool unavailable, try again later")
 
 
 def test_pacing_spools_what_it_cannot_send_within_the_deadline(

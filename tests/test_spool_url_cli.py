@@ -9,6 +9,8 @@ environment matters (RELAY_SPOOL_URL, RELAY_SPOOL_URL_FILE, PGPASSFILE).
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,8 +18,10 @@ import pytest
 from relay.cli.main import EX_CANTCREAT, EX_CONFIG, main
 from relay.config import mask_url_password, url_passwords
 from relay.delivery.spool import PostgresSpool
+from relay.delivery.spool.pg_schema import SCHEMA_VERSION
 from tests.harness import free_port
-from tests.ops_support import run_cli
+from tests.ops_support import clean_env, run_cli
+from tests.paths import REPO
 from tests.postgres import PASSWORD, ROLE, PgCluster
 
 CONFIG_ERROR = "ahasend-relay: configuration error: "
@@ -169,7 +173,30 @@ def test_queue_show_retry_delete_on_the_shared_spool(
 def test_queue_reads_relay_spool_url(filled: str) -> None:
     result = run_cli("queue", "list", RELAY_SPOOL_URL=filled)
     assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].split()[:2] == ["ID", "STATE"]  # no log lines
     assert result.stdout.splitlines()[-1] == "-- 1 queued, 1 dead, 0 delivered"
+
+
+def test_processes_starting_together_on_a_fresh_database_migrate_once(
+    pg_cluster: PgCluster,
+) -> None:
+    url = pg_cluster.database()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "relay", "queue", "list", "--spool-url", url],
+            env=clean_env(),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    outputs = [proc.communicate(timeout=60) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0] * 4, outputs
+    assert all(out.decode().endswith("-- 0 queued, 0 dead, 0 delivered\n") for out, _ in outputs)
+    name = url.rsplit("/", 1)[1]
+    versions = pg_cluster.psql("SELECT version FROM relay_schema_version ORDER BY 1", name)
+    assert versions.splitlines() == [str(v) for v in range(1, SCHEMA_VERSION + 1)]
 
 
 def test_queue_with_the_password_in_pgpassfile(

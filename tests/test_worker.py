@@ -182,6 +182,46 @@ async def test_run_delivers_until_stopped(spool: SqliteSpool, time: FakeTime) ->
     assert (await spool.stats()).delivered == 2
 
 
+class FlakySpool:
+    """``inner`` whose every call raises SpoolUnavailable while ``down`` (a database outage)."""
+
+    def __init__(self, inner: SqliteSpool) -> None:
+        self.inner, self.down, self.failures = inner, True, 0
+
+    def __getattr__(self, name: str) -> object:
+        method = getattr(self.inner, name)
+
+        async def call(*args: object, **kwargs: object) -> object:
+            if self.down:
+                self.failures += 1
+                raise SpoolUnavailable("spool postgresql://relay:***@db/relay: timed out")
+            return await method(*args, **kwargs)
+
+        return call
+
+
+async def test_the_worker_outlives_a_spool_outage(spool: SqliteSpool, time: FakeTime) -> None:
+    await enqueue(spool, "a")
+    flaky = FlakySpool(spool)
+    sender = ScriptedSender([ACCEPTED])
+    w = SpoolWorker(flaky, one_route(sender), POLICY, clock=time.clock)  # type: ignore[arg-type]
+    task = asyncio.create_task(w.run())
+    for _ in range(300):
+        if flaky.failures >= 4 or task.done():
+            break
+        await asyncio.sleep(0.01)
+    assert not task.done()  # claim and next_due failed, twice, and it is still running
+    assert flaky.failures >= 4
+    flaky.down = False
+    for _ in range(200):
+        if sender.calls:
+            break
+        await asyncio.sleep(0.01)
+    w.stop()
+    await asyncio.wait_for(task, 2)
+    assert sender.keys == ["a"]
+
+
 async def test_spool_status_is_logged(spool: SqliteSpool, time: FakeTime) -> None:
     await enqueue(spool, "a")
     await enqueue(spool, "b")
@@ -255,49 +295,3 @@ async def test_an_entry_held_by_a_dead_worker_is_sent_once_its_lease_ends(
     assert await worker(spool, survivor, time).run_once() == 1
     assert survivor.keys == ["key-1"]
     assert (await get(spool, entry_id)).state == "delivered"
-
-
-class FlakySpool:
-    """``spool`` whose every call fails with SpoolUnavailable while ``down`` is set (the
-    shared database stopped), as the PostgreSQL backend reports it."""
-
-    def __init__(self, spool: SqliteSpool) -> None:
-        self._spool = spool
-        self.down = True
-        self.failed = 0
-
-    def __getattr__(self, name: str) -> object:
-        attribute = getattr(self._spool, name)
-        if not callable(attribute):
-            return attribute
-
-        async def call(*args: object, **kwargs: object) -> object:
-            if self.down:
-                self.failed += 1
-                raise SpoolUnavailable("spool postgresql://relay:***@db/relay: timed out")
-            return await attribute(*args, **kwargs)
-
-        return call
-
-
-async def test_the_worker_outlives_an_unreachable_spool(spool: SqliteSpool, time: FakeTime) -> None:
-    """Every call fails (claim and the pause's next_due): the worker keeps polling and
-    delivers once the spool answers again, instead of its task dying."""
-    flaky = FlakySpool(spool)
-    sender = ScriptedSender([ACCEPTED])
-    w = SpoolWorker(flaky, one_route(sender), POLICY, clock=time.clock)  # type: ignore[arg-type]
-    await enqueue(spool, "after-the-outage")
-    task = asyncio.create_task(w.run())
-    for _ in range(200):
-        if flaky.failed >= 4:
-            break
-        await asyncio.sleep(0.01)
-    assert not task.done()
-    flaky.down = False
-    for _ in range(200):
-        if sender.calls:
-            break
-        await asyncio.sleep(0.01)
-    w.stop()
-    await asyncio.wait_for(task, 2)
-    assert sender.keys == ["after-the-outage"]

@@ -238,7 +238,7 @@ async def _queue(
     if url is not None:
         if not url.startswith(SPOOL_URL_SCHEMES):
             raise ConfigError("--spool-url must be a libpq URL: postgresql://user:password@host/db")
-        shared = PostgresSpool(url)
+        shared = PostgresSpool(url, log_events=False)  # stdout is the command's output
         await shared.open()
         spool = shared
     else:

@@ -77,6 +77,8 @@ class SpoolWorker:
         while not self._stopping.is_set():
             try:
                 await self.run_once()
+            except SpoolUnavailable as exc:  # an outage, already logged by the spool: no trace
+                log.warning("worker_round_failed", error=str(exc))
             except Exception:
                 log.exception("worker_round_failed")
             await self._pause()
@@ -169,10 +171,12 @@ class SpoolWorker:
     async def _pause(self) -> None:
         """Sleep until the next entry is due, at most ``poll_interval``, or ``stop``.
 
-        Never raises for an unreachable spool: the worker must outlive a database outage."""
+        A spool that cannot say (the shared database down) means a full ``poll_interval``:
+        the worker outlives the outage and carries on by itself.
+        """
         try:
             next_due = await self._spool.next_due()
-        except SpoolUnavailable:  # the shared database is down: ask again after the poll
+        except SpoolUnavailable:
             next_due = None
         wait = self._policy.poll_interval
         if next_due is not None:

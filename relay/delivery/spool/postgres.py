@@ -4,9 +4,10 @@ Same contract as the SQLite store (``relay.delivery.spool.base``), for several r
 once: any replica delivers any spooled message. Driver: psycopg 3 (async) with its
 connection pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
 
-- Every method is one transaction, committed before it returns (``add``: the ``250`` is
-  only given once the row is committed; PostgreSQL's ``synchronous_commit`` decides how
-  durable a commit is, by default flushed to its WAL).
+- Every change is one statement in autocommit mode, committed before the method returns
+  (``add``: the ``250`` is only given once the row is committed; PostgreSQL's
+  ``synchronous_commit`` decides how durable a commit is, by default flushed to its WAL).
+  One statement per change is also one round trip (``bench/README.md``).
 - A claim is one ``UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)``: two
   replicas claiming at once lock disjoint rows, and a row whose ``claimed_until`` is
   still ahead is not due, so a lease excludes every other claimer until it ends.
@@ -63,7 +64,9 @@ class PostgresSpool:
     Construct, then ``await open()``; neither fails when the database is down. ``clock``
     is the wall clock every time is read from; ``timeout`` bounds each call (waiting for
     a connection included); ``on_change(available)`` hears each switch between reachable
-    and not; ``pool_size`` is the most connections this process opens.
+    and not; ``pool_size`` is the most connections this process opens; ``log_events``
+    False keeps the ``spool_*`` events out of the log (the ``queue`` tools, whose output
+    is stdout, report failures themselves).
     """
 
     def __init__(
@@ -74,8 +77,10 @@ class PostgresSpool:
         timeout: float = 5.0,
         pool_size: int = 10,
         on_change: Callable[[bool], None] | None = None,
+        log_events: bool = True,
     ) -> None:
         self._clock = clock
+        self._log_events = log_events
         self._timeout = timeout
         self._on_change = on_change
         self._location = mask_url_password(url)
@@ -149,7 +154,8 @@ class PostgresSpool:
                     "SELECT id FROM relay_spool WHERE idempotency_key = %s", (idempotency_key,)
                 )
                 row = await cursor.fetchone()
-            assert row is not None
+            if row is None:  # deleted between the two statements: store it afresh
+                return await insert(db)
             return int(row[0])
 
         return await self._run(insert)
@@ -285,7 +291,7 @@ class PostgresSpool:
         return await self._run(fetch)
 
     async def _run(self, work: Work[T]) -> T:
-        """``work(connection)`` in one committed transaction, within ``timeout``.
+        """``work(connection)`` on a pooled (autocommit) connection, within ``timeout``.
 
         The schema is migrated first if this process has not yet done so. Any database
         failure (unreachable, timed out, closed pool, SQL error) is ``SpoolUnavailable``.
@@ -310,7 +316,7 @@ class PostgresSpool:
                 return
             async with self._pool.connection() as db:
                 applied = await migrate(db)
-            if applied:
+            if applied and self._log_events:
                 log.info("spool_migrated", spool=self._location, versions=applied)
             self._migrated = True
 
@@ -318,9 +324,9 @@ class PostgresSpool:
         if available == self._available:
             return
         self._available = available
-        if available:
+        if self._log_events and available:
             log.info("spool_recovered", spool=self._location)
-        else:
+        elif self._log_events:
             log.warning("spool_unavailable", spool=self._location, error=why)
         if self._on_change is not None:
             self._on_change(available)
@@ -339,9 +345,10 @@ def _describe(exc: BaseException) -> str:
 
 
 def _connect_options(url: str) -> dict[str, Any]:
-    """Connection options the URL does not set itself: ``connect_timeout``, autocommit off."""
+    """Connection options: autocommit (each statement commits on its own: one round trip),
+    and ``connect_timeout`` unless the URL sets its own."""
     given = psycopg.conninfo.conninfo_to_dict(url)
-    options: dict[str, Any] = {"autocommit": False}
+    options: dict[str, Any] = {"autocommit": True}
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
     return options
