@@ -6,7 +6,9 @@ loopback: ``tests/ha.py``), the private PostgreSQL cluster (``tests/postgres.py`
 shared database, and the stand-in AhaSend API, which counts requests by Idempotency-Key.
 
 - PROXY protocol: the replicas see the application's address, not the balancer's.
-- Aggregate pacing: three replicas at ``RELAY_API_RATE=30`` together send 30/s.
+- Aggregate pacing: three replicas at ``RELAY_API_RATE=30`` together send 30/s; with the
+  database stopped, each falls back to 30 / ``RELAY_REPLICAS`` (measured: with
+  ``RELAY_REPLICAS=1`` instead, the busiest second had 98 requests).
 - An API outage while 300 messages arrive, then a replica SIGKILLed while the others
   drain: every 250 reaches the stand-in exactly once (by Idempotency-Key), none lost.
 - PostgreSQL stopped for 10 s mid-load: no 250 without a stored row, 451 4.3.0 for mail
@@ -159,6 +161,39 @@ def test_three_replicas_pace_at_the_accounts_rate_together(
     for log in logs:
         assert not events(log, "pacing_shared_unavailable")
         assert PASSWORD not in log
+
+
+def test_without_the_database_each_replica_paces_at_its_share(
+    standin: StandIn, pg_cluster: PgCluster, tmp_path: Path
+) -> None:
+    """PostgreSQL stopped before the load: the three replicas, RELAY_REPLICAS=3, fall back
+    to RELAY_API_RATE / 3 each, so together they still stay near the account's rate (the
+    API path works without the spool) instead of sending at three times it."""
+    rate, burst, total = 30, 3, 150
+    env = {
+        "RELAY_SPOOL_URL": pg_cluster.database(),
+        "RELAY_API_RATE": str(rate),
+        "RELAY_API_BURST": str(burst),
+        "RELAY_REPLICAS": "3",
+        "RELAY_RETRY_DEADLINE": "30",
+    }
+    with behind_haproxy(standin, tmp_path, **env) as (balancer, replicas):
+        pg_cluster.stop()
+        try:
+            replies = push(balancer.port, [f"Alone {i}" for i in range(total)], threads=30)
+        finally:
+            pg_cluster.start()
+        logs = [r.logs() for r in replicas]
+    assert Counter(code for code, _ in replies.values()) == {250: total}
+    stamps = [r.received_at for r in standin.accepted]
+    assert len(stamps) == total
+    busiest = max_in_window(stamps)
+    spread = max(stamps) - min(stamps)
+    print(f"\nwithout the database: {total} spread over {spread:.1f} s, busiest second {busiest}")
+    # Each replica's share: 10/s, burst 1. Three shares: 30/s, burst 3 (+1: window edge).
+    assert busiest <= rate + burst + 1
+    assert spread >= (total - burst) / rate * 0.9
+    assert all(events(log, "pacing_shared_unavailable") for log in logs)
 
 
 SHARED = {
