@@ -11,10 +11,10 @@ Order (each step uses only what came before)::
     Guard.from_settings          networks, limits, AUTH users, TLS context (ConfigError)
     spool                        RELAY_SPOOL_URL → PostgresSpool (waits for the database),
                                  RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
+    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL [close]
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
-    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL [close]
     router                       SingleRouter: the client paced, breaker, retrying [aclose]
     dispatcher, handler          send now or spool; the aiosmtpd hooks
     worker, bouncer              with a spool only (not started here)
@@ -101,10 +101,12 @@ async def assemble(
     """
     guard = Guard.from_settings(settings)
     spool = await open_spool(settings, resources)
+    buckets = pacing_buckets(settings, resources)
     metrics = RelayMetrics(
         sessions_open=lambda: len(sessions),
         spool_stats=spool.stats if spool is not None else None,
         spool_available=(lambda: spool.available) if spool is not None else None,
+        pacing_shared=_shared_pacing_reachable(buckets),
     )
     guard = dataclasses.replace(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
@@ -112,7 +114,6 @@ async def assemble(
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
     stop_retrying = asyncio.Event()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
-    buckets = pacing_buckets(settings, resources)
     router = build_router(settings, guard, client, metrics, stop_retrying, buckets=buckets)
     guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
@@ -160,6 +161,16 @@ def pacing_buckets(settings: Settings, resources: AsyncExitStack) -> AccountBuck
     store = TokenStore(settings.spool_url)
     resources.push_async_callback(store.aclose)
     return SharedBuckets(store, rate, burst, settings.relay_replicas)
+
+
+def _shared_pacing_reachable(
+    buckets: AccountBuckets | SharedBuckets,
+) -> Callable[[], bool] | None:
+    """For the gauge: whether the shared bucket answers (None: pacing is this process's)."""
+    if not isinstance(buckets, SharedBuckets):
+        return None
+    store = buckets.store
+    return lambda: store.reachable
 
 
 def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:

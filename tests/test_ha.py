@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.ha import (
     CLIENT,
     EXAMPLE,
     STRANGER,
+    Replica,
     behind_haproxy,
     haproxy_config,
     send_one,
@@ -181,6 +183,7 @@ def test_without_the_database_each_replica_paces_at_its_share(
         pg_cluster.stop()
         try:
             replies = push(balancer.port, [f"Alone {i}" for i in range(total)], threads=30)
+            gauges = [metric(r, "ahasend_relay_pacing_shared") for r in replicas]
         finally:
             pg_cluster.start()
         logs = [r.logs() for r in replicas]
@@ -194,6 +197,16 @@ def test_without_the_database_each_replica_paces_at_its_share(
     assert busiest <= rate + burst + 1
     assert spread >= (total - burst) / rate * 0.9
     assert all(events(log, "pacing_shared_unavailable") for log in logs)
+    assert gauges == [0.0, 0.0, 0.0]
+
+
+def metric(replica: Replica, name: str) -> float:
+    """One sample of ``replica``'s /metrics."""
+    url = f"http://127.0.0.1:{replica.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
+    return float(line.split()[1])
 
 
 SHARED = {

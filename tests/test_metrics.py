@@ -165,6 +165,15 @@ async def test_a_spool_that_does_not_answer_is_not_waited_for() -> None:
     assert math.isnan(depth)
 
 
+def test_the_shared_pacing_gauge_follows_the_bucket() -> None:
+    reachable = [True]
+    metrics = RelayMetrics(pacing_shared=lambda: reachable[0])
+    assert value(metrics.render(), "ahasend_relay_pacing_shared") == 1
+    reachable[0] = False
+    assert value(metrics.render(), "ahasend_relay_pacing_shared") == 0
+    assert value(RelayMetrics().render(), "ahasend_relay_pacing_shared") is None
+
+
 def test_registries_are_per_server() -> None:
     one, two = RelayMetrics(), RelayMetrics()
     one.auth_failures.inc()

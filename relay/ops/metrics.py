@@ -113,11 +113,13 @@ class RelayMetrics:
         sessions_open: Callable[[], int] | None = None,
         spool_stats: SpoolStatsReader | None = None,
         spool_available: Callable[[], bool] | None = None,
+        pacing_shared: Callable[[], bool] | None = None,
         stats_timeout: float = REFRESH_TIMEOUT,
     ) -> None:
         """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
         spool's stats (awaited by ``refresh``, for at most ``stats_timeout`` seconds);
-        ``spool_available`` says whether the spool's last call reached it. Without them,
+        ``spool_available`` says whether the spool's last call reached it;
+        ``pacing_shared`` whether the replicas' shared token bucket answers. Without them,
         those gauges are not exported."""
         self._stats_timeout = stats_timeout
         self.registry = registry = CollectorRegistry(auto_describe=True)
@@ -166,6 +168,14 @@ class RelayMetrics:
                 registry=registry,
             )
             gauge.set_function(lambda: float(spool_available()))
+        if pacing_shared is not None:
+            gauge = Gauge(
+                PREFIX + "pacing_shared",
+                "1 while API calls are paced by the replicas' shared bucket in PostgreSQL "
+                "(0: unreachable, this replica paces at RELAY_API_RATE / RELAY_REPLICAS).",
+                registry=registry,
+            )
+            gauge.set_function(lambda: float(pacing_shared()))
 
     def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
