@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness import RunningRelay, running_relay, settings_for
-from tests.ops_support import relay_process, standin_env, wait_for_event
+from tests.ops_support import relay_process, run_cli, standin_env, wait_for_event
 from tests.postgres import PASSWORD, PgCluster
 from tests.standin import Scripted, StandIn
 from tests.test_metrics import value
@@ -105,6 +105,9 @@ def test_database_outage_mid_run(cluster: PgCluster, standin: StandIn) -> None:
         standin.script(Scripted(503))
         wait_until(lambda: spooled(send(relay.port, "spooled after")), timeout=60)
         wait_until(lambda: {"spooled before", "spooled after"} <= set(subjects(standin)), 60)
+        listing = run_cli("queue", "list", "--spool-url", url)  # while the relay runs
+        assert listing.returncode == 0, listing.stderr
+        assert listing.stdout.splitlines()[-1] == "-- 0 queued, 0 dead, 2 delivered"
     assert "needs the spool" not in subjects(standin)
     assert spool_rows(cluster, url) == 2  # nothing stored for the 451s
 
