@@ -11,6 +11,7 @@ Order (each step uses only what came before)::
     Guard.from_settings          networks, limits, AUTH users, TLS context (ConfigError)
     spool                        RELAY_SPOOL_URL → PostgresSpool (waits for the database),
                                  RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
+    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL [close]
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
@@ -38,7 +39,8 @@ from relay.delivery.bounce import Bouncer
 from relay.delivery.circuit import BreakerSender, CircuitBreaker
 from relay.delivery.dispatch import Dispatcher
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
-from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.pacing import PacedSender, Pacer, TokenBucket
+from relay.delivery.pacing_shared import SharedBuckets, TokenStore
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.retry import RetryingSender
 from relay.delivery.route import DEFAULT_ROUTE, Route, Router, SingleRouter
@@ -61,6 +63,7 @@ __all__ = [
     "build_sender",
     "default_route",
     "open_spool",
+    "pacing_buckets",
     "preflight",
     "reload_tenants",
 ]
@@ -104,10 +107,12 @@ async def assemble(
     """
     guard = Guard.from_settings(settings)
     spool = await open_spool(settings, resources)
+    buckets = pacing_buckets(settings, resources)
     metrics = RelayMetrics(
         sessions_open=lambda: len(sessions),
         spool_stats=spool.stats if spool is not None else None,
         spool_available=(lambda: spool.available) if spool is not None else None,
+        pacing_shared=_shared_pacing_reachable(buckets),
     )
     guard = dataclasses.replace(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
@@ -115,7 +120,7 @@ async def assemble(
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
     stop_retrying, grace_over = asyncio.Event(), asyncio.Event()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
-    router = build_router(settings, guard, client, metrics, stop_retrying)
+    router = build_router(settings, guard, client, metrics, stop_retrying, buckets=buckets)
     guard = _with_tenant_networks(guard, router)
     resources.push_async_callback(router.aclose)
     policy = SpoolPolicy.from_settings(settings)
@@ -171,6 +176,27 @@ async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBack
     return spool
 
 
+def pacing_buckets(settings: Settings, resources: AsyncExitStack) -> AccountBuckets | SharedBuckets:
+    """One bucket per account at RELAY_API_RATE / _BURST: this process's, or with the shared
+    spool (RELAY_SPOOL_URL) one for all replicas, in the database (``pacing_shared``)."""
+    rate, burst = settings.relay_api_rate, settings.relay_api_burst
+    if settings.spool_url is None:
+        return AccountBuckets(rate, burst)
+    store = TokenStore(settings.spool_url)
+    resources.push_async_callback(store.aclose)
+    return SharedBuckets(store, rate, burst, settings.relay_replicas)
+
+
+def _shared_pacing_reachable(
+    buckets: AccountBuckets | SharedBuckets,
+) -> Callable[[], bool] | None:
+    """For the gauge: whether the shared bucket answers (None: pacing is this process's)."""
+    if not isinstance(buckets, SharedBuckets):
+        return None
+    store = buckets.store
+    return lambda: store.reachable
+
+
 def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sender:
     """The API client the settings ask for: dry-run, or AhaSend's (metered if asked)."""
     if settings.relay_dry_run:
@@ -205,7 +231,7 @@ def default_route(
     settings: Settings,
     client: Sender,
     stopping: asyncio.Event,
-    bucket: TokenBucket | None = None,
+    bucket: Pacer | None = None,
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
     """The settings' one route: ``client`` paced by RELAY_API_RATE/_BURST/_CONCURRENCY,
@@ -225,7 +251,7 @@ def _route(
     account: str,
     client: Sender,
     *,
-    bucket: TokenBucket,
+    bucket: Pacer,
     stopping: asyncio.Event,
     events: DeliveryEvents = NO_EVENTS,
 ) -> Route:
@@ -266,12 +292,18 @@ def build_router(
     client: Sender | None,
     metrics: RelayMetrics,
     stopping: asyncio.Event,
+    *,
+    buckets: AccountBuckets | SharedBuckets | None = None,
 ) -> Router:
-    """SingleRouter on the global key, or a TenantRouter with RELAY_TENANTS_FILE."""
+    """SingleRouter on the global key, or a TenantRouter with RELAY_TENANTS_FILE; routes of
+    one account share its bucket from ``buckets`` (default: this process's)."""
+    if buckets is None:
+        buckets = AccountBuckets(settings.relay_api_rate, settings.relay_api_burst)
     if settings.relay_tenants_file is None:
         assert client is not None
-        return SingleRouter(default_route(settings, client, stopping, events=metrics))
-    buckets = AccountBuckets(settings.relay_api_rate, settings.relay_api_burst)
+        account = "" if settings.relay_dry_run else str(settings.ahasend_account_id)
+        bucket = buckets.for_account(account)
+        return SingleRouter(default_route(settings, client, stopping, bucket, events=metrics))
     fallback = None
     if client is not None:
         account = str(settings.ahasend_account_id or "")

@@ -82,6 +82,7 @@ class Settings(BaseModel):
     relay_retry_deadline: float = Field(default=60.0, ge=0, le=600)
     relay_api_rate: float = Field(default=90.0, gt=0)
     relay_api_burst: int = Field(default=180, ge=1)
+    relay_replicas: int = Field(default=1, ge=1, le=1000)
     relay_api_concurrency: int = Field(default=32, ge=1, le=1000)
     relay_spool_dir: Path | None = None
     relay_spool_url: SecretStr | None = None

@@ -3,8 +3,10 @@ transport metering, the spool snapshot) and the readiness rule."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
+import time
 
 import httpx
 import pytest
@@ -145,6 +147,34 @@ async def test_an_unreadable_spool_gives_nan_gauges() -> None:
     depth = value(metrics.render(), "ahasend_relay_spool_depth")
     assert depth is not None
     assert math.isnan(depth)
+
+
+async def test_a_spool_that_does_not_answer_is_not_waited_for() -> None:
+    """The shared database hangs: refresh (before /readyz) gives up after stats_timeout,
+    so a health check gets its answer in time and reads the spool as degraded."""
+    answered = asyncio.Event()
+
+    async def hanging() -> SpoolStats:
+        await answered.wait()
+        raise AssertionError("never answers")
+
+    metrics = RelayMetrics(spool_stats=hanging, stats_timeout=0.05)
+    began = time.monotonic()
+    await metrics.refresh()
+    assert time.monotonic() - began < 0.5
+    assert metrics.spool_healthy is False
+    depth = value(metrics.render(), "ahasend_relay_spool_depth")
+    assert depth is not None
+    assert math.isnan(depth)
+
+
+def test_the_shared_pacing_gauge_follows_the_bucket() -> None:
+    reachable = [True]
+    metrics = RelayMetrics(pacing_shared=lambda: reachable[0])
+    assert value(metrics.render(), "ahasend_relay_pacing_shared") == 1
+    reachable[0] = False
+    assert value(metrics.render(), "ahasend_relay_pacing_shared") == 0
+    assert value(RelayMetrics().render(), "ahasend_relay_pacing_shared") is None
 
 
 def test_registries_are_per_server() -> None:

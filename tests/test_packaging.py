@@ -348,6 +348,169 @@ def test_postfix_example_relays_to_the_relay_port() -> None:
     assert re.search(r"^relayhost = \[127\.0\.0\.1\]:2525$", text, flags=re.MULTILINE)
 
 
-@pytest.mark.parametrize("variable", ["RELAY_METRICS_PORT", "RELAY_METRICS_HOST"])
+@pytest.mark.parametrize("variable", ["RELAY_METRICS_PORT", "RELAY_METRICS_HOST", "RELAY_REPLICAS"])
 def test_new_settings_are_documented(variable: str) -> None:
     assert f"#{variable}=" in (REPO / "config.example.env").read_text()
+
+
+# -- the shared-spool (high availability) examples ------------------------------------------
+
+COMPOSE_PG = EXAMPLES / "docker-compose" / "docker-compose.postgres.yml"
+KUBERNETES_SHARED = EXAMPLES / "kubernetes" / "relay-shared.yaml"
+HAPROXY = EXAMPLES / "haproxy" / "haproxy.cfg"
+SECRET_URL = "postgresql://relay:pw@db.example:5432/relay"
+
+
+def settings_from(env: dict[str, str], files: dict[str, str], tmp_path: Path) -> Any:
+    """The relay's Settings from an example's environment, its secret files written under
+    ``tmp_path`` (``files``: path in the example -> content): the example must start."""
+    from relay.config import load_settings  # noqa: PLC0415 - only these tests need it
+
+    environ = dict(env)
+    for name, value in env.items():
+        if name.endswith("_FILE"):
+            local = tmp_path / Path(value).name
+            local.write_text(files[value] + "\n")
+            environ[name] = str(local)
+    return load_settings(environ=environ)
+
+
+def test_compose_postgres_example_runs_three_equal_replicas_on_the_shared_spool(
+    tmp_path: Path,
+) -> None:
+    compose = yaml.safe_load(COMPOSE_PG.read_text())
+    services = compose["services"]
+    replicas = [services[name] for name in ("relay1", "relay2", "relay3")]
+    assert replicas[0] == replicas[1] == replicas[2]
+    relay = replicas[0]
+    env = relay["environment"]
+    assert "RELAY_SPOOL_DIR" not in env
+    assert "RELAY_SPOOL_URL" not in env
+    assert env["RELAY_SPOOL_URL_FILE"] == "/run/secrets/spool_url"
+    assert relay["secrets"] == ["ahasend_api_key", "spool_url"]
+    assert env["RELAY_REPLICAS"] == str(len(replicas))
+    assert relay["depends_on"]["postgres"]["condition"] == "service_healthy"
+    haproxy_address = services["haproxy"]["networks"]["mail"]["ipv4_address"]
+    assert env["RELAY_PROXY_TRUSTED_NETWORKS"] == f"{haproxy_address}/32"
+    assert services["app"]["environment"]["SMTP_HOST"] == "haproxy"
+    [mount] = services["haproxy"]["volumes"]
+    assert (COMPOSE_PG.parent / mount.split(":")[0]).resolve() == HAPROXY
+    assert sorted(haproxy_servers(HAPROXY.read_text()).values()) == [
+        f"{name}:{env['RELAY_PORT']}" for name in ("relay1", "relay2", "relay3")
+    ]
+    settings = settings_from(
+        env | {"AHASEND_ACCOUNT_ID": "00000000-0000-0000-0000-000000000000"},
+        {"/run/secrets/spool_url": SECRET_URL, "/run/secrets/ahasend_api_key": "aha-sk-x"},
+        tmp_path,
+    )
+    assert settings.spool_url == SECRET_URL
+    assert settings.relay_proxy_protocol is True
+
+
+def test_compose_postgres_example_passes_docker_compose_config(tmp_path: Path) -> None:
+    tool = shutil.which("docker-compose")
+    assert tool, "docker-compose is missing: .ci/run installs the docker-compose package"
+    (tmp_path / "docker-compose").mkdir()
+    (tmp_path / "haproxy").mkdir()
+    shutil.copy(HAPROXY, tmp_path / "haproxy")
+    folder = tmp_path / "docker-compose"
+    shutil.copy(COMPOSE_PG, folder)
+    for name in ("relay.env", "api-key", "spool-url", "db-password"):
+        (folder / name).write_text("x\n")
+    result = subprocess.run([tool, "-f", COMPOSE_PG.name, "config", "-q"], cwd=folder,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = COMPOSE_PG.read_text().replace("  relay3: *relay", "  relay3: *relais")
+    (folder / COMPOSE_PG.name).write_text(text)
+    broken = subprocess.run([tool, "-f", COMPOSE_PG.name, "config", "-q"], cwd=folder,
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert broken.returncode != 0
+    assert "relais" in broken.stdout + broken.stderr
+
+
+def shared_documents() -> dict[str, dict[str, Any]]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all(KUBERNETES_SHARED.read_text())}
+
+
+def test_kubernetes_shared_example_spreads_three_replicas_behind_a_service(
+    tmp_path: Path,
+) -> None:
+    docs = shared_documents()
+    assert set(docs) == {"Deployment", "Service", "PodDisruptionBudget"}
+    deployment = docs["Deployment"]
+    replicas = deployment["spec"]["replicas"]
+    assert replicas == 3
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
+    spec = deployment["spec"]["template"]["spec"]
+    [term] = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term == {"topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": labels}}  # fmt: skip
+    service, budget = docs["Service"], docs["PodDisruptionBudget"]
+    assert service["spec"]["selector"] == labels
+    assert budget["spec"]["selector"]["matchLabels"] == labels
+    assert 0 < budget["spec"]["minAvailable"] < replicas
+    [relay] = spec["containers"]
+    ports = {p["name"]: p["containerPort"] for p in relay["ports"]}
+    [smtp] = service["spec"]["ports"]
+    assert ports[smtp["targetPort"]] == 2525
+    env = {e["name"]: e for e in relay["env"]}
+    assert env["RELAY_REPLICAS"]["value"] == str(replicas)
+    assert "RELAY_SPOOL_URL" not in env
+    assert "RELAY_SPOOL_DIR" not in env
+    url_file = Path(env["RELAY_SPOOL_URL_FILE"]["value"])
+    [mount] = [m for m in relay["volumeMounts"] if m["name"] == "relay-secret"]
+    assert url_file.parent == Path(mount["mountPath"])
+    [secret] = spec["volumes"]
+    assert {"key": "spool-url", "path": url_file.name} in secret["secret"]["items"]
+    assert relay["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    plain = {name: e["value"] for name, e in env.items() if "value" in e}
+    settings = settings_from(
+        plain | {"AHASEND_ACCOUNT_ID": "00000000-0000-0000-0000-000000000000"},
+        {str(url_file): SECRET_URL, plain["AHASEND_API_KEY_FILE"]: "aha-sk-x"},
+        tmp_path,
+    )
+    assert settings.spool_url == SECRET_URL
+    assert settings.relay_replicas == replicas
+
+
+@pytest.mark.parametrize("version", ["1.29.0", "1.37.0"])
+def test_kubernetes_shared_example_passes_schema_validation(version: str) -> None:
+    tool = shutil.which("kubernetes-validate", path=str(Path(sys.executable).parent))
+    assert tool
+    result = subprocess.run([tool, "--strict", "-k", version, str(KUBERNETES_SHARED)],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (result.stdout + result.stderr).count("passed") == 3
+
+
+def haproxy_servers(text: str) -> dict[str, str]:
+    """``server NAME ADDRESS`` lines of a HAProxy config: name -> address."""
+    return dict(re.findall(r"^\s*server\s+(\S+)\s+(\S+)", text, flags=re.MULTILINE))
+
+
+def test_haproxy_example_balances_tcp_and_sends_the_proxy_header() -> None:
+    text = HAPROXY.read_text()
+    assert re.search(r"^\s*mode tcp$", text, flags=re.MULTILINE)
+    [defaults] = re.findall(r"^\s*default-server (.*)$", text, flags=re.MULTILINE)
+    assert "send-proxy-v2" in defaults.split()
+    assert "port 9125" in defaults  # the checks ask /readyz on the metrics port
+    assert "uri /readyz" in text
+    assert len(haproxy_servers(text)) == 3
+    timeouts = dict(re.findall(r"^\s*timeout (client|server) (\d+)s$", text, flags=re.MULTILINE))
+    assert int(timeouts["client"]) > 300
+    assert int(timeouts["server"]) > 300
+
+
+def test_haproxy_example_passes_haproxy_check(tmp_path: Path) -> None:
+    tool = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    assert Path(tool).exists(), "haproxy is missing: .ci/run installs the haproxy package"
+    result = subprocess.run([tool, "-c", "-f", str(HAPROXY)],
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = tmp_path / "haproxy.cfg"
+    broken.write_text(HAPROXY.read_text().replace("send-proxy-v2", "send-proxy-v9"))
+    refused = subprocess.run([tool, "-c", "-f", str(broken)],
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert refused.returncode != 0
+    assert "send-proxy-v9" in refused.stdout + refused.stderr

@@ -9,6 +9,8 @@ in-transaction retry deadline bounds that wait; past it the message is spooled).
 sockets stay bounded whatever the number of SMTP sessions.
 
 The bucket is used from one event loop only, so it needs no lock. Its clock is injected.
+``PacedSender`` takes any ``Pacer``: this process's ``TokenBucket``, or a bucket shared
+by every replica through PostgreSQL (``relay.delivery.pacing_shared``).
 """
 
 from __future__ import annotations
@@ -16,10 +18,28 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from relay.delivery.sender import Delivery, Sender
 
-__all__ = ["PacedSender", "TokenBucket"]
+__all__ = ["PacedSender", "Pacer", "Slot", "TokenBucket"]
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One reserved send slot: usable after ``wait`` seconds; ``give_back`` if unused."""
+
+    wait: float
+    give_back: Callable[[], None]
+
+
+class Pacer(Protocol):
+    """Hands out send slots at the account's rate."""
+
+    async def take(self) -> Slot:
+        """Reserve the next slot (the caller sleeps ``wait`` seconds before using it)."""
+        ...
 
 
 class TokenBucket:
@@ -40,6 +60,10 @@ class TokenBucket:
         self._tokens -= 1.0
         return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
 
+    async def take(self) -> Slot:
+        """``reserve`` as a ``Pacer``: the slot and how to give it back."""
+        return Slot(self.reserve(), self.cancel)
+
     def cancel(self) -> None:
         """Give back a reserved token that will not be used."""
         self._tokens = min(self._burst, self._tokens + 1.0)
@@ -56,7 +80,7 @@ class PacedSender:
     def __init__(
         self,
         inner: Sender,
-        bucket: TokenBucket,
+        bucket: Pacer,
         *,
         max_concurrency: int,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -75,11 +99,11 @@ class PacedSender:
         await self._inner.aclose()
 
     async def _wait_for_token(self) -> None:
-        wait = self._bucket.reserve()
-        if wait <= 0:
+        slot = await self._bucket.take()
+        if slot.wait <= 0:
             return
         try:
-            await self._sleep(wait)
+            await self._sleep(slot.wait)
         except asyncio.CancelledError:
-            self._bucket.cancel()
+            slot.give_back()
             raise

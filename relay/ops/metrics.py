@@ -71,8 +71,11 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 SpoolStatsReader = Callable[[], Awaitable[SpoolStats]]
 TRANSACTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 KIB, MIB = 1024.0, 1024.0 * 1024
-REFRESH_TIMEOUT = 1.0
-"""Seconds a scrape waits for the spool's stats before calling the spool unreadable."""
+REFRESH_TIMEOUT = 0.5
+"""Seconds a scrape waits for the spool's stats before calling the spool unreadable. A
+health check must get its answer within its own timeout (kubelet's default is 1 s, the
+HAProxy example's 2 s) even while the shared database does not answer; /readyz then
+reports the spool as degraded."""
 SIZE_BUCKETS = (KIB, 4 * KIB, 16 * KIB, 64 * KIB, 256 * KIB, MIB, 4 * MIB, 10 * MIB, 20 * MIB)
 RESULTS = ("accepted", "deferred", "rejected")
 ROUTES = ("sent", "spooled", "dry_run")
@@ -133,10 +136,15 @@ class RelayMetrics:
         sessions_open: Callable[[], int] | None = None,
         spool_stats: SpoolStatsReader | None = None,
         spool_available: Callable[[], bool] | None = None,
+        pacing_shared: Callable[[], bool] | None = None,
+        stats_timeout: float = REFRESH_TIMEOUT,
     ) -> None:
         """``sessions_open`` counts the SMTP sessions open now; ``spool_stats`` reads the
-        spool's stats (awaited by ``refresh``); ``spool_available`` says whether the spool's
-        last call reached it. Without them, those gauges are not exported."""
+        spool's stats (awaited by ``refresh``, for at most ``stats_timeout`` seconds);
+        ``spool_available`` says whether the spool's last call reached it;
+        ``pacing_shared`` whether the replicas' shared token bucket answers. Without them,
+        those gauges are not exported."""
+        self._stats_timeout = stats_timeout
         self.registry = registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=registry)
         Info(PREFIX + "build", "Version of this relay.", registry=registry).info(
@@ -192,6 +200,14 @@ class RelayMetrics:
                 registry=registry,
             )
             gauge.set_function(lambda: float(spool_available() and self.spool_healthy is not False))
+        if pacing_shared is not None:
+            gauge = Gauge(
+                PREFIX + "pacing_shared",
+                "1 while API calls are paced by the replicas' shared bucket in PostgreSQL "
+                "(0: unreachable, this replica paces at RELAY_API_RATE / RELAY_REPLICAS).",
+                registry=registry,
+            )
+            gauge.set_function(lambda: float(pacing_shared()))
 
     def _init_delivery(self, registry: CollectorRegistry) -> None:
         self.upstream_latency = Histogram(
@@ -300,7 +316,7 @@ class RelayMetrics:
         if self._spool_stats is None:
             return
         try:
-            async with asyncio.timeout(REFRESH_TIMEOUT):  # a probe must not wait for a database
+            async with asyncio.timeout(self._stats_timeout):  # a probe must not wait for a database
                 self._snapshot = await self._spool_stats()
         except Exception:  # an unreadable spool: NaN gauges, /readyz says why
             log.warning("spool_stats_failed", exc_info=True)
