@@ -12,10 +12,12 @@ AhaSend on every check would be a load and a failure amplifier):
   only be deferred. The body names the reason. With tenants, each route (tenant, or the
   global key's) counts on its own: the relay is unready only when every route that has
   been used is refused; otherwise it stays ready and the body names the refused tenants.
-- an outage (the last request refused, reset or timed out, a 5xx, or the circuit
-  breaker open): with a healthy spool still ready, since the spool takes the mail and
-  delivers it later (its depth and age are metrics and alerts); without a spool, or with
-  one that does not answer, not ready.
+- an outage (the last request refused, reset or timed out, or the circuit breaker open:
+  consecutive failures, 5xx included): with a healthy spool still ready, since the spool
+  takes the mail and delivers it later (its depth and age are metrics and alerts);
+  without a spool, or with one that does not answer, not ready. One 5xx with the breaker
+  closed is no outage: readiness does not flap with AhaSend's occasional errors, and
+  replicas behind a balancer are not all taken out at once when only some requests fail.
 - a spool that cannot be read (the shared database down) while AhaSend is reachable
   leaves the relay ready, the body saying ``spool unavailable (degraded)``.
 - anything else is ready, a 403 included: it is usually about one message (an
@@ -54,7 +56,7 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
     elif metrics.upstream_last is None:
         ready, reason = True, f"ready: listening, AhaSend not contacted yet{_degraded(metrics)}"
     else:
-        ready, reason = True, f"ready: listening, AhaSend reachable{_degraded(metrics)}"
+        ready, reason = True, f"ready: listening, {_answered(metrics)}{_degraded(metrics)}"
     return ready, "; ".join([reason, *refused])
 
 
@@ -95,9 +97,16 @@ def _outage(metrics: RelayMetrics) -> str | None:
     last = metrics.upstream_last
     if last in ("unreachable", "timeout"):
         return "AhaSend unreachable at the last request"
-    if last is not None and last.isdigit() and int(last) >= 500:
-        return f"AhaSend answered {last} at the last request"
     return None
+
+
+def _answered(metrics: RelayMetrics) -> str:
+    """How AhaSend answered, for a ready relay: a 5xx with the breaker closed is named but
+    is no outage (the next request may pass; three in a row open the breaker)."""
+    last = metrics.upstream_last or ""
+    if last.isdigit() and int(last) >= 500:
+        return f"AhaSend answered {last} at the last request (circuit closed)"
+    return "AhaSend reachable"
 
 
 def _degraded(metrics: RelayMetrics) -> str:
