@@ -90,6 +90,13 @@ async def test_the_rule(
     assert with_one == (spooled.startswith("ready"), spooled)
 
 
+async def test_an_open_breaker_with_a_spool_down_is_ready_while_ahasend_answers() -> None:
+    metrics = await metrics_after("503", broken_spool, circuit=True)
+    assert readiness(True, False, metrics) == (
+        True, "ready: listening, AhaSend circuit open, tried anyway: spool unavailable (degraded)",
+    )  # fmt: skip
+
+
 async def test_an_outage_with_a_spool_that_does_not_answer_is_unready() -> None:
     metrics = await metrics_after("unreachable", broken_spool)
     assert readiness(True, False, metrics) == (

@@ -18,8 +18,9 @@ AhaSend on every check would be a load and a failure amplifier):
   without a spool, or with one that does not answer, not ready. One 5xx with the breaker
   closed is no outage: readiness does not flap with AhaSend's occasional errors, and
   replicas behind a balancer are not all taken out at once when only some requests fail.
-- a spool that cannot be read (the shared database down) while AhaSend is reachable
-  leaves the relay ready, the body saying ``spool unavailable (degraded)``.
+- a spool that cannot be read (the shared database down) while AhaSend answers (even
+  with the breaker open: mail is then sent past it) leaves the relay ready, the body
+  saying ``spool unavailable (degraded)``; unready when AhaSend is unreachable too.
 - anything else is ready, a 403 included: it is usually about one message (an
   unverified sender domain, a key without a scope), not the relay.
 
@@ -52,7 +53,7 @@ def readiness(listening: bool, dry_run: bool, metrics: RelayMetrics) -> tuple[bo
         return False, "not ready: " + "; ".join(refused)
     outage = _outage(metrics)
     if outage is not None:
-        ready, reason = _through_outage(outage, metrics.spool_healthy)
+        ready, reason = _through_outage(outage, metrics)
     elif metrics.upstream_last is None:
         ready, reason = True, f"ready: listening, AhaSend not contacted yet{_degraded(metrics)}"
     else:
@@ -71,12 +72,16 @@ def _refusals(last_by_tenant: dict[str, str]) -> list[str]:
     ]
 
 
-def _through_outage(outage: str, spool_healthy: bool | None) -> tuple[bool, str]:
-    """Ready during ``outage`` only when a healthy spool takes the mail."""
-    if spool_healthy:
+def _through_outage(outage: str, metrics: RelayMetrics) -> tuple[bool, str]:
+    """Ready during ``outage`` when a healthy spool takes the mail; with a spool that is
+    down, also while AhaSend still answers (messages are then sent past the open breaker,
+    ``relay.delivery.dispatch``): unready when neither works."""
+    if metrics.spool_healthy:
         return True, f"ready: listening, {outage}, spool healthy"
-    if spool_healthy is None:
+    if metrics.spool_healthy is None:
         return False, f"not ready: {outage}"
+    if metrics.upstream_last not in _UNREACHABLE:
+        return True, f"ready: listening, {outage}, tried anyway: spool unavailable (degraded)"
     return False, f"not ready: {outage}, spool unavailable"
 
 
@@ -94,10 +99,12 @@ def _outage(metrics: RelayMetrics) -> str | None:
     """What shows AhaSend is unavailable now, or None."""
     if metrics.circuit_is_open:
         return "AhaSend circuit open"
-    last = metrics.upstream_last
-    if last in ("unreachable", "timeout"):
+    if metrics.upstream_last in _UNREACHABLE:
         return "AhaSend unreachable at the last request"
     return None
+
+
+_UNREACHABLE = ("unreachable", "timeout")
 
 
 def _answered(metrics: RelayMetrics) -> str:
