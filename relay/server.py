@@ -176,7 +176,9 @@ class RelayServer:
         if self.settings.relay_smtps_port is not None:
             self._smtps_server = await self._start_smtps(loop)
         log.info("listening", host=self.settings.relay_host, port=self.port,
-                 dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+                 dry_run=self.settings.relay_dry_run, version=__version__,
+                 api_rate=self.settings.relay_api_rate,
+                 api_burst=self.settings.relay_api_burst)  # fmt: skip
 
     async def _start_smtps(self, loop: asyncio.AbstractEventLoop) -> asyncio.Server:
         server = await loop.create_server(
