@@ -28,6 +28,7 @@ _KINDS: dict[str, Callable[[object], bool]] = {
     "_handle_client": inspect.iscoroutinefunction,  # wrapped: the whole connection
     "_reader": lambda value: isinstance(value, asyncio.StreamReader),  # DATA is read from it
     "_timeout_cb": callable,  # the idle timer's expiry
+    "_getaddr": callable,  # the MAIL/RCPT address parse (the plain form done quickly)
 }
 
 
