@@ -152,7 +152,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     password = settings.relay_auth_password
     secrets = [key, password.get_secret_value() if password else ""]
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
-              recipients=settings.relay_log_recipients)  # fmt: skip
+              recipients=settings.relay_log_recipients, cache=True)  # fmt: skip
     log_uncaught_exceptions()
     pin_mmap_threshold()
     try:
