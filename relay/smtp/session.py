@@ -31,7 +31,7 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, AnyStr, Final, cast
 
 import structlog
@@ -53,6 +53,7 @@ from relay.smtp.replies import (
     CLIENT_NOT_ALLOWED,
     DATA_LINE_TOO_LONG,
     DATA_SYNTAX,
+    INFLIGHT_BUDGET_FULL,
     NEED_RCPT,
     SERVICE_NOT_AVAILABLE,
     START_DATA,
@@ -336,18 +337,34 @@ class RelaySession(SMTP):
     async def _receive(self, arg: str) -> None:
         if not await self._data_allowed(arg):
             return
-        await self.push(START_DATA)
-        result = await self._read_content()
-        if result is None:
+        if self.guard.inflight.full:
+            await self._refuse_data(INFLIGHT_BUDGET_FULL)
             return
-        if result.outcome is not DataOutcome.OK:
-            await self.push(str(_DATA_FAILURE[result.outcome]))
-            self._end_transaction()
-            return
-        assert self.envelope is not None
-        self.envelope.content = self.envelope.original_content = result.content
-        del result  # the envelope holds the only reference: the handler can free it early
-        await self._deliver()
+        hold = self.guard.inflight.hold()  # this message's bytes, until its reply
+        try:
+            await self.push(START_DATA)
+            result = await self._read_content(hold.take)
+            if result is None:
+                return
+            if result.outcome is not DataOutcome.OK:
+                hold.release()
+                await self._refuse_data(_DATA_FAILURE[result.outcome])
+                return
+            assert self.envelope is not None
+            self.envelope.content = self.envelope.original_content = result.content
+            del result  # the envelope holds the only reference: the handler can free it early
+            await self._deliver()
+        finally:
+            hold.release()
+
+    async def _refuse_data(self, reply: Reply) -> None:
+        """Answer a DATA that is not taken and end the transaction."""
+        if reply is INFLIGHT_BUDGET_FULL:
+            budget = self.guard.inflight
+            log.warning("inflight_budget_full", used=budget.used, limit=budget.limit)
+            self.guard.on_refusal(reply)
+        await self.push(str(reply))
+        self._end_transaction()
 
     async def _data_allowed(self, arg: str) -> bool:
         """aiosmtpd's preconditions for DATA; False once the refusal is answered."""
@@ -361,10 +378,11 @@ class RelaySession(SMTP):
             return False
         return True
 
-    async def _read_content(self) -> DataResult | None:
-        """The DATA section, from aiosmtpd's reader; None if the connection ended first."""
+    async def _read_content(self, take: Callable[[int], bool]) -> DataResult | None:
+        """The DATA section, from aiosmtpd's reader, each chunk ``take``n from the in-flight
+        budget; None if the connection ended first."""
         try:
-            return await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+            return await read_data(self._reader, self.data_size_limit, self.line_length_limit, take)
         except asyncio.CancelledError:
             self._close()  # the connection was lost during DATA
             raise
@@ -454,6 +472,7 @@ class RelaySession(SMTP):
 _DATA_FAILURE: Final = {
     DataOutcome.TOO_LONG: DATA_LINE_TOO_LONG,
     DataOutcome.TOO_MUCH: TOO_MUCH_DATA,
+    DataOutcome.NO_ROOM: INFLIGHT_BUDGET_FULL,
 }
 
 _AUTH_PARAM = re.compile(r"AUTH(=.+)?", re.IGNORECASE)
