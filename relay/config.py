@@ -47,8 +47,15 @@ AHASEND_MAX_RECIPIENTS = 50
 
 
 INFLIGHT_SHARE_OF_MEMORY = 8
-"""RELAY_MAX_INFLIGHT_BYTES defaults to physical memory / this (message bytes on the wire;
-the process needs a small multiple of them, README "Memory")."""
+"""RELAY_MAX_INFLIGHT_BYTES defaults to the memory the process may use / this (message bytes
+on the wire; the process needs up to ~4x them, README "Memory")."""
+
+
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+"""Where a container's memory limit is read (the smaller of it and physical memory counts)."""
 
 
 def physical_memory(sysconf: Any = None) -> int | None:
@@ -61,13 +68,28 @@ def physical_memory(sysconf: Any = None) -> int | None:
     return pages * page_size if pages > 0 and page_size > 0 else None
 
 
-def default_inflight_bytes(sysconf: Any = None) -> int:
-    """An eighth of physical memory, at least two messages of AhaSend's largest size;
-    0 (no budget) where the memory size is unknown."""
-    memory = physical_memory(sysconf)
-    if memory is None:
+def cgroup_memory_limit(paths: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """This process's cgroup memory limit in bytes (a container's), None without one."""
+    for path in paths:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeError):
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def default_inflight_bytes(
+    sysconf: Any = None, limits: tuple[Path, ...] = CGROUP_MEMORY_LIMITS
+) -> int:
+    """An eighth of the memory the process may use (physical memory, or a smaller cgroup
+    limit), at least two messages of AhaSend's largest size; 0 (no budget) where the
+    memory size is unknown."""
+    sizes = [m for m in (physical_memory(sysconf), cgroup_memory_limit(limits)) if m]
+    if not sizes:
         return 0
-    return max(memory // INFLIGHT_SHARE_OF_MEMORY, 2 * AHASEND_MAX_MESSAGE_SIZE)
+    return max(min(sizes) // INFLIGHT_SHARE_OF_MEMORY, 2 * AHASEND_MAX_MESSAGE_SIZE)
 
 
 class Settings(BaseModel):
