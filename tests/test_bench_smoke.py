@@ -31,5 +31,5 @@ def test_quick_bench_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     assert results["pacing"] == {"relay_api_rate": 1_000_000.0, "paced_api_rate": 90.0}
     assert all(row["errors"] == 0 and row["sent"] > 0 for row in results["rows"])
     assert len(results["growth"]["batches"]) == 10
-    assert len(results["verdicts"]) == 8
+    assert len(results["verdicts"]) == 9
     assert "| relay |" in done.stdout
