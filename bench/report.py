@@ -6,6 +6,8 @@ from typing import Any
 
 from bench.messages import MIB
 
+CPU_PER_1000_SMALL = 1.0
+"""Issue 15's target: CPU seconds per 1,000 small messages, unpaced (quiet machine)."""
 RSS_GROWTH_TOLERANCE = 1 * MIB
 """'No growth in RSS': at most this much between the 2nd and the last batch of the run."""
 
@@ -69,6 +71,13 @@ def verdicts(results: dict[str, Any]) -> list[dict[str, Any]]:
             relay.get("cpu_s_per_1000"),
             None if peer_cpu is None else round(peer_cpu / 2, 3),
             _le(relay.get("cpu_s_per_1000"), None if peer_cpu is None else peer_cpu / 2),
+            "s",
+        ),
+        _check(
+            "CPU per 1,000 small ≤ 1.0 s, unpaced",
+            relay_cpu,
+            CPU_PER_1000_SMALL,
+            _le(relay_cpu, CPU_PER_1000_SMALL),
             "s",
         ),
         _check(

@@ -35,6 +35,9 @@ from typing import IO, Any
 from bench import procstat
 from bench.direct import ACCOUNT_ID, API_KEY
 from bench.messages import MIB
+from relay.config import Settings
+
+DEFAULT_API_RATE = float(Settings.model_fields["relay_api_rate"].default)
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -51,6 +54,8 @@ class Child:
     name: str
     popen: subprocess.Popen[bytes]
     port: int
+    api_rate: float | None = None
+    """A relay's effective RELAY_API_RATE, as its ``listening`` log event states it."""
 
     @property
     def pid(self) -> int:
@@ -114,13 +119,23 @@ def _python_child(name: str, module: str, *args: str) -> Child:
     return Child(name, popen, json.loads(line)["port"])
 
 
+UNPACED = {"RELAY_API_RATE": "1000000", "RELAY_API_BURST": "1000000"}
+"""Unpaced: the pacing that keeps one account under AhaSend's 100 requests/s, lifted."""
+
+
 def start_relay(api_port: int, opts: Options, paced: bool = False) -> Child:
-    """The relay; ``paced`` keeps its default outbound pacing (RELAY_API_RATE=90/s)."""
+    """The relay; ``paced`` keeps its default outbound pacing (RELAY_API_RATE=90/s).
+
+    The relay's settings come from here only (no RELAY_*/AHASEND_* variable of the
+    calling shell leaks in); its effective pacing is read back from its ``listening``
+    event, and a relay that does not run at the pacing asked for stops the run.
+    """
     port = _free_port()
-    # Unpaced, lift the pacing that keeps one account under AhaSend's 100 requests/s: the
-    # benchmark measures what one instance can carry (--relay-env overrides).
-    unpaced = {} if paced else {"RELAY_API_RATE": "1000000", "RELAY_API_BURST": "1000000"}
-    env = os.environ | {
+    # Unpaced, lift the pacing: the benchmark measures what one instance can carry.
+    # --relay-env applies to both relays, but never paces the unpaced one.
+    unpaced = {} if paced else UNPACED
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "AHASEND_"))}
+    env = inherited | {
         "AHASEND_API_BASE_URL": f"http://127.0.0.1:{api_port}",
         "AHASEND_API_KEY": API_KEY,
         "AHASEND_ACCOUNT_ID": ACCOUNT_ID,
@@ -131,8 +146,8 @@ def start_relay(api_port: int, opts: Options, paced: bool = False) -> Child:
         "RELAY_LOG_LEVEL": "info",
         "RELAY_EVENT_LOOP": opts.relay_loop,
         "AHASEND_API_TRANSPORT": opts.relay_transport,
-        **unpaced,
         **opts.relay_env,
+        **unpaced,
     }
     popen = subprocess.Popen(
         [sys.executable, "-m", "relay"],
@@ -142,7 +157,26 @@ def start_relay(api_port: int, opts: Options, paced: bool = False) -> Child:
         stderr=_log("relay-paced" if paced else "relay"),
     )
     _wait_port(port, popen)
-    return Child("relay-paced" if paced else "relay", popen, port)
+    name = "relay-paced" if paced else "relay"
+    rate = _logged_api_rate(RESULTS / f"{name}.log")
+    asked = opts.relay_env.get("RELAY_API_RATE", DEFAULT_API_RATE) if paced else None
+    expected = float(asked or UNPACED["RELAY_API_RATE"])
+    if rate != expected:
+        popen.kill()
+        raise RuntimeError(f"{name} paces at {rate} requests/s, not {expected}: see {name}.log")
+    return Child(name, popen, port, api_rate=rate)
+
+
+def _logged_api_rate(log: Path, timeout: float = 10.0) -> float | None:
+    """``api_rate`` of the relay's ``listening`` JSON event in ``log`` (None if never seen)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"listening"' in line:
+                rate = json.loads(line).get("api_rate")
+                return None if rate is None else float(rate)
+        time.sleep(0.05)
+    return None
 
 
 def find_mailrise(explicit: str | None) -> str | None:
@@ -311,7 +345,7 @@ class Lab:
         yield "smtp ingest (b): aiosmtpd sink", self.sink, RELAY_RCPT
         yield "relay", self.relay, RELAY_RCPT
         if paced and self.paced is not None:
-            yield "relay, default pacing (90/s)", self.paced, RELAY_RCPT
+            yield _paced_label(self.paced.api_rate), self.paced, RELAY_RCPT
         if self.peer is not None:
             yield f"mailrise {PEER_VERSION}", self.peer, PEER_RCPT
 
@@ -322,6 +356,12 @@ class Lab:
             transport = self.opts.relay_transport if target == "relay" else target
             return direct_load(self.standin, kinds, conns, count, transport, self.opts.relay_loop)
         return smtp_load(target, rcpt, kinds, conns, count, self.opts)
+
+
+def _paced_label(rate: float | None) -> str:
+    """The paced relay's row: ``relay, default pacing (90/s)`` (``relay, paced (N/s)``)."""
+    kind = "default pacing" if rate == DEFAULT_API_RATE else "paced"
+    return f"relay, {kind} ({rate:g}/s)"
 
 
 _MEDIAN_KEYS = ("msgs_per_s", "p50_ms", "p95_ms", "p99_ms", "max_ms", "cpu_s_per_1000")
@@ -463,7 +503,8 @@ def run(opts: Options) -> dict[str, Any]:
         else:
             print("  mailrise not found: no peer (python -m bench --setup-peer)", file=sys.stderr)
         lab = Lab(opts, standin, sink, relay, peer, paced)
-        return _measure(lab)
+        pacing = {"relay_api_rate": relay.api_rate, "paced_api_rate": paced.api_rate}
+        return {"pacing": pacing} | _measure(lab)
     finally:
         for child in reversed(children):
             stop(child)

@@ -48,6 +48,52 @@ AHASEND_MAX_MESSAGE_SIZE = 20 * MIB
 AHASEND_MAX_RECIPIENTS = 50
 
 
+INFLIGHT_SHARE_OF_MEMORY = 8
+"""RELAY_MAX_INFLIGHT_BYTES defaults to the memory the process may use / this (message bytes
+on the wire; the process needs up to ~4x them, README "Memory")."""
+
+
+CGROUP_MEMORY_LIMITS = (
+    Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
+    Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"),  # cgroup v1
+)
+"""Where a container's memory limit is read (the smaller of it and physical memory counts)."""
+
+
+def physical_memory(sysconf: Any = None) -> int | None:
+    """Bytes of physical memory (``os.sysconf``), None where the system does not say."""
+    sysconf = sysconf or os.sysconf
+    try:
+        pages, page_size = sysconf("SC_PHYS_PAGES"), sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
+
+
+def cgroup_memory_limit(paths: tuple[Path, ...] = CGROUP_MEMORY_LIMITS) -> int | None:
+    """This process's cgroup memory limit in bytes (a container's), None without one."""
+    for path in paths:
+        try:
+            text = path.read_text(encoding="ascii").strip()
+        except (OSError, UnicodeError):
+            continue
+        if text.isdigit():
+            return int(text)
+    return None
+
+
+def default_inflight_bytes(
+    sysconf: Any = None, limits: tuple[Path, ...] = CGROUP_MEMORY_LIMITS
+) -> int:
+    """An eighth of the memory the process may use (physical memory, or a smaller cgroup
+    limit), at least two messages of AhaSend's largest size; 0 (no budget) where the
+    memory size is unknown."""
+    sizes = [m for m in (physical_memory(sysconf), cgroup_memory_limit(limits)) if m]
+    if not sizes:
+        return 0
+    return max(min(sizes) // INFLIGHT_SHARE_OF_MEMORY, 2 * AHASEND_MAX_MESSAGE_SIZE)
+
+
 class Settings(BaseModel):
     """Every knob of the relay. Field names are the environment variables, lowercased."""
 
@@ -74,6 +120,8 @@ class Settings(BaseModel):
     relay_max_message_size: int = Field(default=AHASEND_MAX_MESSAGE_SIZE, gt=0)
     relay_max_recipients: int = Field(default=AHASEND_MAX_RECIPIENTS, ge=1, le=50)
     relay_max_line_length: int = Field(default=64 * 1024, ge=1001)
+    # A lambda: pydantic would hand a one-parameter factory the validated data.
+    relay_max_inflight_bytes: int = Field(default_factory=lambda: default_inflight_bytes(), ge=0)  # noqa: PLW0108
     relay_smtp_timeout: float = Field(default=300.0, gt=0)
     relay_stress_smtp_timeout: float = Field(default=10.0, gt=0)
     relay_shutdown_timeout: float = Field(default=30.0, ge=0)
@@ -194,6 +242,16 @@ class Settings(BaseModel):
         """With tenants the global key is optional; a half-given one is still an error."""
         if (self.ahasend_api_key is None) != (self.ahasend_account_id is None):
             raise ValueError("AHASEND_API_KEY and AHASEND_ACCOUNT_ID go together")
+        return self
+
+    @model_validator(mode="after")
+    def _require_inflight_room_for_a_message(self) -> Settings:
+        if 0 < self.relay_max_inflight_bytes < self.relay_max_message_size:
+            raise ValueError(
+                f"RELAY_MAX_INFLIGHT_BYTES ({self.relay_max_inflight_bytes}) must be 0 (no "
+                f"limit) or at least RELAY_MAX_MESSAGE_SIZE ({self.relay_max_message_size}): "
+                "a message of the largest size would never be accepted"
+            )
         return self
 
     @model_validator(mode="after")

@@ -197,7 +197,9 @@ class RelayServer:
         if self.settings.relay_smtps_port is not None:
             self._smtps_server = await self._start_smtps(loop)
         log.info("listening", host=self.settings.relay_host, port=self.port,
-                 dry_run=self.settings.relay_dry_run, version=__version__)  # fmt: skip
+                 dry_run=self.settings.relay_dry_run, version=__version__,
+                 api_rate=self.settings.relay_api_rate,
+                 api_burst=self.settings.relay_api_burst)  # fmt: skip
         if (proxy := self.settings.api_proxy) is not None and not self.settings.relay_dry_run:
             log.info("api_proxy", proxy=proxy.masked, source=proxy.source)
 

@@ -56,7 +56,31 @@ async def test_request_shape() -> None:
     assert request.headers["content-type"] == "application/json"
     assert request.headers["user-agent"] == USER_AGENT
     assert request.content == b'{"k":1}'
+    assert request.headers["content-length"] == "7"
+    assert request.headers["host"] == "api.test"
     assert delivery.message_ids == ("<a@x.test.id@ahasend.test>",)
+
+
+async def test_send_keeps_a_path_in_the_base_url_as_the_client_does() -> None:
+    """``send`` bypasses the AsyncClient: its URL is still the client's merge of the two."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"object": "list", "data": [item("queued", "a@x.test")]})
+
+    client = AhaSendClient(
+        base_url="https://gw.test/ahasend", api_key="aha-sk-k", account_id=ACCOUNT,
+        transport=httpx.MockTransport(handler),
+    )  # fmt: skip
+    await client.send(b"{}", "key-1")
+    await client.ping()
+    await client.aclose()
+    assert [str(r.url) for r in seen] == [
+        f"https://gw.test/ahasend/v2/accounts/{ACCOUNT}/messages/conversation",
+        "https://gw.test/ahasend/v2/ping",
+    ]
+    assert seen[0].headers["authorization"] == seen[1].headers["authorization"]
 
 
 @pytest.mark.parametrize(

@@ -147,3 +147,15 @@ def test_retry_deadline_at_or_above_smtp_timeout_exit_78() -> None:
         "ahasend-relay: configuration error: RELAY_RETRY_DEADLINE (60 s) must be below "
         "RELAY_SMTP_TIMEOUT (60 s): the client would be cut off while the relay still retries"
     ]
+
+
+def test_inflight_budget_below_the_largest_message_exit_78() -> None:
+    result = run_cli(
+        "--dry-run", RELAY_MAX_INFLIGHT_BYTES="1000000", RELAY_MAX_MESSAGE_SIZE="2000000"
+    )
+    assert result.returncode == 78
+    assert result.stderr.strip().splitlines() == [
+        "ahasend-relay: configuration error: RELAY_MAX_INFLIGHT_BYTES (1000000) must be 0 (no "
+        "limit) or at least RELAY_MAX_MESSAGE_SIZE (2000000): a message of the largest size "
+        "would never be accepted"
+    ]

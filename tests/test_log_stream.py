@@ -99,7 +99,11 @@ def test_every_line_of_the_process_is_json(tmp_path: Path, standin: StandIn, lev
     else:
         assert sorted(s["transactions"] for s in sessions) == [0, 0, 1]
         assert {s["level"] for s in sessions if s["transactions"] == 0} == {"debug"}
-        assert any(e.get("logger_name", "").startswith(("httpx", "httpcore")) for e in events)
+        # The request's own debug line (send bypasses httpx's client, and its INFO line).
+        [upstream] = [e for e in events if e["event"] == "upstream_response"]
+        assert (upstream["method"], upstream["status"]) == ("POST", 202)
+        assert upstream["path"].endswith("/messages/conversation")
+        assert upstream["idempotency_key"] == line["idempotency_keys"][0]
 
 
 def test_upstream_status_is_null_when_spooled(tmp_path: Path, standin: StandIn) -> None:

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from relay.delivery.pacing import PacedSender, TokenBucket
+from relay.delivery.pacing import PACING_TICK, PacedSender, TokenBucket, until_tick
 from relay.delivery.sender import Delivery
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
 
@@ -49,7 +49,7 @@ async def test_paced_sender_waits_for_its_slot() -> None:
     time = FakeTime()
     inner = ScriptedSender([ACCEPTED])
     bucket = TokenBucket(rate=100, burst=2, clock=time.clock)
-    paced = PacedSender(inner, bucket, max_concurrency=10, sleep=time.sleep)
+    paced = PacedSender(inner, bucket, max_concurrency=10, sleep=time.sleep, tick=0)
     for i in range(4):
         await paced.send(b"{}", f"k{i}")
     assert inner.keys == ["k0", "k1", "k2", "k3"]
@@ -76,3 +76,41 @@ async def test_concurrent_calls_are_capped() -> None:
     release.set()
     assert len(await asyncio.gather(*tasks)) == 10
     assert peak == 3
+
+
+async def test_waiters_wake_together_on_the_next_tick() -> None:
+    """Nine waiters whose slots fall within one tick all wake at its end: one batch."""
+    time = FakeTime(start=1000.0)
+    bucket = TokenBucket(rate=90, burst=1, clock=time.clock)
+    bucket.reserve()  # the burst is spent
+    wakes = []
+    for _ in range(9):
+        wait = bucket.reserve()
+        wakes.append(time.now + until_tick(time.now, wait, PACING_TICK))
+    assert wakes == pytest.approx([1000.1] * 9)
+
+
+@pytest.mark.parametrize("now", [0.0, 1000.0, 1000.05, 12345.678])
+@pytest.mark.parametrize("wait", [0.0001, 0.011, 0.0999, 0.1, 0.25, 3.0])
+def test_a_tick_never_wakes_before_the_slot_and_adds_less_than_a_tick(
+    now: float, wait: float
+) -> None:
+    lengthened = until_tick(now, wait, PACING_TICK)
+    assert wait <= lengthened < wait + PACING_TICK
+    ticks = (now + lengthened) / PACING_TICK
+    assert ticks == pytest.approx(round(ticks))
+
+
+def test_tick_zero_keeps_the_wait() -> None:
+    assert until_tick(5.0, 0.013, 0) == 0.013
+
+
+async def test_paced_sender_sleeps_until_the_tick_after_its_slot() -> None:
+    time = FakeTime(start=1000.0)
+    inner = ScriptedSender([ACCEPTED])
+    bucket = TokenBucket(rate=100, burst=1, clock=time.clock)
+    paced = PacedSender(inner, bucket, max_concurrency=10, sleep=time.sleep)
+    await paced.send(b"{}", "k0")
+    await paced.send(b"{}", "k1")  # its slot is at +0.01: it wakes at the tick, +0.1
+    assert time.sleeps == pytest.approx([0.1])
+    assert inner.keys == ["k0", "k1"]

@@ -167,7 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]
     secrets += url_passwords(settings.spool_url or "")
     configure(fmt=settings.relay_log_format, level=settings.relay_log_level, secrets=secrets,
-              recipients=settings.relay_log_recipients)  # fmt: skip
+              recipients=settings.relay_log_recipients, cache=True)  # fmt: skip
     log_uncaught_exceptions()
     pin_mmap_threshold()
     try:

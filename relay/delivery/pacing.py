@@ -8,6 +8,15 @@ in-transaction retry deadline bounds that wait; past it the message is spooled).
 ``PacedSender`` also caps concurrent API calls (``RELAY_API_CONCURRENCY``) so memory and
 sockets stay bounded whatever the number of SMTP sessions.
 
+Waiters wake on ticks (``PACING_TICK``, 100 ms of the bucket's clock), not each at its own
+slot: a paced relay then works in batches, like a busy one, instead of waking its event
+loop for every single message (one loop wake-up, cold caches and one lone write per
+request, per SMTP reply and per next command). Measured at the default 90/s with 50
+sessions, waking each waiter at its own slot cost 1.7-1.8x the CPU per message of the
+unpaced relay; on ticks it costs the same (bench/README.md). Waking on the tick *after* a
+slot never sends earlier than the bucket allows, so the account's limit holds; a waiting
+message waits at most one tick longer.
+
 The bucket is used from one event loop only, so it needs no lock. Its clock is injected.
 ``PacedSender`` takes any ``Pacer``: this process's ``TokenBucket``, or a bucket shared
 by every replica through PostgreSQL (``relay.delivery.pacing_shared``).
@@ -16,6 +25,7 @@ by every replica through PostgreSQL (``relay.delivery.pacing_shared``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -23,7 +33,10 @@ from typing import Protocol
 
 from relay.delivery.sender import Delivery, Sender
 
-__all__ = ["PacedSender", "Pacer", "Slot", "TokenBucket"]
+__all__ = ["PACING_TICK", "PacedSender", "Pacer", "Slot", "TokenBucket", "until_tick"]
+
+PACING_TICK = 0.1
+"""Seconds: waiters for a token wake together on multiples of this (see the module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +52,10 @@ class Pacer(Protocol):
 
     async def take(self) -> Slot:
         """Reserve the next slot (the caller sleeps ``wait`` seconds before using it)."""
+        ...
+
+    def now(self) -> float:
+        """The clock the waits are measured on (ticks are aligned to it)."""
         ...
 
 
@@ -64,6 +81,10 @@ class TokenBucket:
         """``reserve`` as a ``Pacer``: the slot and how to give it back."""
         return Slot(self.reserve(), self.cancel)
 
+    def now(self) -> float:
+        """The bucket's clock."""
+        return self._clock()
+
     def cancel(self) -> None:
         """Give back a reserved token that will not be used."""
         self._tokens = min(self._burst, self._tokens + 1.0)
@@ -84,8 +105,11 @@ class PacedSender:
         *,
         max_concurrency: int,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tick: float = PACING_TICK,
     ) -> None:
+        """``tick`` 0 wakes each waiter at its own slot (no batching)."""
         self._inner = inner
+        self._tick = tick
         self._bucket = bucket
         self._slots = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
@@ -103,7 +127,16 @@ class PacedSender:
         if slot.wait <= 0:
             return
         try:
-            await self._sleep(slot.wait)
+            await self._sleep(until_tick(self._bucket.now(), slot.wait, self._tick))
         except asyncio.CancelledError:
             slot.give_back()
             raise
+
+
+def until_tick(now: float, wait: float, tick: float) -> float:
+    """``wait`` lengthened to end on the first multiple of ``tick`` at or after
+    ``now + wait`` (unchanged when ``tick`` is 0): never shorter, less than ``tick`` longer."""
+    if tick <= 0:
+        return wait
+    due = now + wait
+    return max(wait, math.ceil(due / tick) * tick - now)

@@ -185,6 +185,10 @@ class SharedBucket:
             return await self.fallback.take()
         return Slot(wait, self._give_back)
 
+    def now(self) -> float:
+        """This replica's clock (the fallback bucket's), which the ticks align to."""
+        return self.fallback.now()
+
     def _give_back(self) -> None:
         self._store.give_back(self._account, self._burst)
 

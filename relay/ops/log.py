@@ -75,6 +75,7 @@ def configure(
     secrets: Iterable[str] = (),
     stream: TextIO | None = None,
     recipients: str = "plain",
+    cache: bool = False,
 ) -> SecretScrubber:
     """Configure structlog and the stdlib's logging for the whole process; returns the
     scrubber to register secrets with.
@@ -85,6 +86,9 @@ def configure(
     shown from WARNING up, or everything at ``level="debug"``. ``recipients`` is how
     envelope recipients appear (``RELAY_LOG_RECIPIENTS``: plain, hash or none; with hash
     or none aiosmtpd's protocol trace, shown at debug, is dropped).
+    ``cache`` (the serving process, configured once): each logger resolves its
+    configuration on first use instead of on every call; a later ``configure`` then no
+    longer reaches loggers already used, so tests that reconfigure leave it off.
     """
     out = stream if stream is not None else sys.stderr
     fmt = fmt or ("console" if out.isatty() else "json")
@@ -94,7 +98,7 @@ def configure(
         processors=[*_SHARED, *chain],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.ERROR)),
         logger_factory=structlog.WriteLoggerFactory(file=out),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
     _route_stdlib(out, chain, logging.DEBUG if level == "debug" else _STDLIB_FLOOR.get(level))
     if recipients != "plain":

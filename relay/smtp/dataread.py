@@ -14,13 +14,16 @@ Same outcome as aiosmtpd for every input: the message ends at the first line tha
 lone dot; leading dots are removed (RFC 5321 §4.5.2); a line longer than
 ``line_limit`` octets (CRLF included) or a message over ``size_limit`` octets (counted
 as aiosmtpd counts: every line but the final dot, before unstuffing) is read to the end
-and discarded, and the outcome says why.
+and discarded, and the outcome says why. ``take`` (the in-flight budget,
+``relay.smtp.inflight``) is asked for each chunk before it is kept; when it refuses, the
+rest is read and discarded too (``NO_ROOM``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 
 __all__ = ["DataOutcome", "DataResult", "read_data"]
@@ -33,6 +36,7 @@ class DataOutcome(enum.Enum):
     OK = "ok"
     TOO_LONG = "line too long"
     TOO_MUCH = "too much data"
+    NO_ROOM = "in-flight budget spent"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,10 +47,18 @@ class DataResult:
     content: bytes = b""
 
 
+def _take_any(size: int) -> bool:
+    return True
+
+
 async def read_data(
-    reader: asyncio.StreamReader, size_limit: int | None, line_limit: int
+    reader: asyncio.StreamReader,
+    size_limit: int | None,
+    line_limit: int,
+    take: Callable[[int], bool] = _take_any,
 ) -> DataResult:
-    """Read one DATA section from ``reader`` up to and including its lone-dot line."""
+    """Read one DATA section from ``reader`` up to and including its lone-dot line;
+    ``take(n)`` is asked before each chunk of n bytes is kept."""
     buf = bytearray()  # one block: freed at once, memory goes back to the OS
     size, tail = 0, b"\r\n"  # the section starts at the start of a line
     failed: DataOutcome | None = None
@@ -59,6 +71,9 @@ async def read_data(
             failed = (
                 DataOutcome.TOO_LONG if _has_long_line(buf, line_limit) else DataOutcome.TOO_MUCH
             )
+            buf.clear()
+        if failed is None and not take(len(chunk)):
+            failed = DataOutcome.NO_ROOM
             buf.clear()
         if failed is None:
             buf += chunk

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -27,6 +27,7 @@ from relay.config import Settings
 from relay.ops.log import get_logger
 from relay.smtp.access import Access, ClientState
 from relay.smtp.auth import Authenticator, CredentialStore, FailureTracker, authenticated_user
+from relay.smtp.inflight import InflightBudget
 from relay.smtp.limits import ConnectionLimiter
 from relay.smtp.policy import SenderPolicy, format_peer, ip_of
 from relay.smtp.replies import Reply
@@ -65,6 +66,8 @@ class Guard:
     """Called once per failed AUTH attempt (the server counts them in its metrics)."""
     on_refusal: Callable[[Reply], None] = lambda reply: None
     """Called with each refusal before DATA (connect, MAIL, AUTH lockout), for metrics."""
+    inflight: InflightBudget = field(default_factory=lambda: InflightBudget(0))
+    """Bytes of messages in flight, relay-wide (RELAY_MAX_INFLIGHT_BYTES)."""
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Guard:
@@ -81,6 +84,7 @@ class Guard:
             ),
             authenticator=_build_authenticator(settings),
             tls_context=_build_tls_context(settings),
+            inflight=InflightBudget(settings.relay_max_inflight_bytes),
         )
 
     @property

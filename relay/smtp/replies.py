@@ -135,6 +135,10 @@ NEED_RCPT: Final = Reply(503, "5.5.1", "need RCPT command")
 DATA_SYNTAX: Final = Reply(501, "5.5.4", "Syntax: DATA")
 DATA_LINE_TOO_LONG: Final = Reply(500, "5.5.2", "Line too long (see RFC5321 4.5.3.1.6)")
 TOO_MUCH_DATA: Final = Reply(552, "5.3.4", "Too much mail data")
+INFLIGHT_BUDGET_FULL: Final = Reply(
+    452, "4.3.1", "Insufficient system storage: too many messages in flight, try again later"
+)
+"""DATA past RELAY_MAX_INFLIGHT_BYTES (``relay.smtp.inflight``): the client retries later."""
 
 # -- the single outcome table ----------------------------------------------------------
 

@@ -45,13 +45,13 @@ def mend_raw(raw: bytes) -> bytes:
         raw = raw[len(_BOM) :]
     if raw[:1] in (b" ", b"\t") and _FIELD.match(raw.lstrip(b" \t")):
         raw = raw.lstrip(b" \t")  # " From: ..." on the first line
-    lines = _LINE.findall(raw[:_HEADER_SCAN])
-    for line in lines:
-        kind = _kind(line)
+    scanned = raw[:_HEADER_SCAN]
+    for match in _LINE.finditer(scanned):  # lazily: the usual header block is short
+        kind = _kind(match.group())
         if kind == "end":
             return raw  # the usual case: every header line was a header line
         if kind != "field":
-            return _mended(raw, lines)
+            return _mended(raw, _LINE.findall(scanned))
     return raw
 
 
