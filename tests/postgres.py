@@ -19,13 +19,14 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.harness import free_port
 
-__all__ = ["PgCluster", "pg_cluster"]
+__all__ = ["PgCluster", "pg_cluster", "running_cluster"]
 
 BINARIES = Path("/usr/lib/postgresql")
 ROLE = "relay"
@@ -115,9 +116,10 @@ class PgCluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """A started private cluster shared by the session's tests (each takes its own database)."""
+@contextmanager
+def running_cluster() -> Iterator[PgCluster]:
+    """A new private cluster, initialised and started; destroyed on exit. Tests that stop
+    and start the server take one of their own."""
     cluster = PgCluster()
     try:
         cluster.init()
@@ -125,3 +127,10 @@ def pg_cluster() -> Iterator[PgCluster]:
         yield cluster
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """A started private cluster shared by the session's tests (each takes its own database)."""
+    with running_cluster() as cluster:
+        yield cluster

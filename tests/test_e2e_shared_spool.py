@@ -21,7 +21,7 @@ import pytest
 
 from tests.harness import RunningRelay, running_relay, settings_for
 from tests.ops_support import relay_process, run_cli, standin_env, wait_for_event
-from tests.postgres import PASSWORD, PgCluster
+from tests.postgres import PASSWORD, PgCluster, running_cluster
 from tests.standin import Scripted, StandIn
 from tests.test_metrics import value
 from tests.test_ops_e2e import admin_port, get
@@ -35,13 +35,8 @@ SPOOL_DOWN = (451, "4.3.0 Spool unavailable, try again later")
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[PgCluster]:
     """A cluster of its own: these tests stop and start it."""
-    own = PgCluster()
-    try:
-        own.init()
-        own.start()
+    with running_cluster() as own:
         yield own
-    finally:
-        own.destroy()
 
 
 def message(subject: str) -> bytes:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli.main import EX_CONFIG, main
-from relay.delivery.spool import SqliteSpool
+from relay.delivery.spool import SpoolBackend, SqliteSpool
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +19,12 @@ def no_spool_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
-    asyncio.run(_fill(SqliteSpool(tmp_path)))
+    asyncio.run(fill(SqliteSpool(tmp_path)))
     return tmp_path
 
 
-async def _fill(spool: SqliteSpool) -> None:
+async def fill(spool: SpoolBackend) -> None:
+    """Two spooled messages, the second dead: what every queue-tool test starts from."""
     for key, rcpt in (("k1", "a@example.org"), ("k2", "b@example.org")):
         await spool.add(
             b'{"from":{"email":"app@example.com"},"to":[{"email":"a@example.org"}],'

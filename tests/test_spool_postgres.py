@@ -21,7 +21,7 @@ from relay.delivery.spool.pg_schema import ADVISORY_LOCK, SCHEMA_VERSION
 from relay.errors import SpoolUnavailable
 from tests.fakes import FakeTime
 from tests.harness import free_port
-from tests.postgres import PASSWORD, PgCluster
+from tests.postgres import PASSWORD, PgCluster, running_cluster
 
 
 @pytest.fixture
@@ -37,13 +37,8 @@ def url(pg_cluster: PgCluster) -> str:
 @pytest.fixture(scope="module")
 def outage_cluster() -> Iterator[PgCluster]:
     """A cluster of its own, stopped and restarted by the tests (the shared one stays up)."""
-    cluster = PgCluster()
-    try:
-        cluster.init()
-        cluster.start()
+    with running_cluster() as cluster:
         yield cluster
-    finally:
-        cluster.destroy()
 
 
 async def opened(url: str, time: FakeTime, **kw: float) -> PostgresSpool:

@@ -23,6 +23,7 @@ from tests.harness import free_port
 from tests.ops_support import clean_env, run_cli
 from tests.paths import REPO
 from tests.postgres import PASSWORD, ROLE, PgCluster
+from tests.test_queue_cli import fill, run
 
 CONFIG_ERROR = "ahasend-relay: configuration error: "
 
@@ -44,20 +45,7 @@ def filled(pg_cluster: PgCluster) -> str:
 async def _fill(url: str) -> None:
     spool = PostgresSpool(url)
     await spool.open()
-    for key, rcpt in (("k1", "a@example.org"), ("k2", "b@example.org")):
-        await spool.add(
-            b'{"from":{"email":"app@example.com"},"to":[{"email":"a@example.org"}],'
-            b'"subject":"Monthly report"}',
-            key, mail_from="app@example.com", rcpt_tos=[rcpt],
-            error="UpstreamServerError: 503 down", first_retry=600, max_age=3600,
-        )  # fmt: skip
-    await spool.kill(2, "422 invalid recipient")
-    await spool.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
-    status = main(["queue", *argv])
-    return status, capsys.readouterr().out
+    await fill(spool)  # test_queue_cli's two messages, on the shared spool
 
 
 # -- settings ------------------------------------------------------------------------------
