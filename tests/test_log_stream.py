@@ -100,8 +100,9 @@ def test_every_line_of_the_process_is_json(tmp_path: Path, standin: StandIn, lev
         assert sorted(s["transactions"] for s in sessions) == [0, 0, 1]
         assert {s["level"] for s in sessions if s["transactions"] == 0} == {"debug"}
         # The request's own debug line (send bypasses httpx's client, and its INFO line).
-        [upstream] = [e for e in events if e["event"] == "upstream_response"]
-        assert (upstream["method"], upstream["status"]) == ("POST", 202)
+        upstreams = [e for e in events if e["event"] == "upstream_response"]
+        assert [(u["method"], u["status"]) for u in upstreams] == [("GET", 200), ("POST", 202)]
+        upstream = upstreams[-1]  # the start-up account read came first
         assert upstream["path"].endswith("/messages/conversation")
         assert upstream["idempotency_key"] == line["idempotency_keys"][0]
 
