@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
 import tempfile
@@ -98,8 +99,27 @@ def foreign_open_directory() -> Iterator[Path]:
     shutil.rmtree(directory)
 
 
+@pytest.fixture
+def reachable_by_nobody() -> Iterator[None]:
+    """Let user nobody reach the checkout and the interpreter (``o+x`` on each ancestor
+    folder that lacks it, e.g. the 0700 folder of ``mktemp -d`` a clean clone lives in),
+    as an install the relay's user runs from must be; restored afterwards."""
+    changed: list[tuple[Path, int]] = []
+    for start in (REPO, Path(sys.executable).resolve()):
+        for folder in [start, *start.parents] if start.is_dir() else start.parents:
+            current = folder.stat().st_mode
+            if not current & stat.S_IXOTH and (folder, current) not in changed:
+                changed.append((folder, current))
+                folder.chmod(current | stat.S_IXOTH)
+    try:
+        yield
+    finally:
+        for folder, current in changed:
+            folder.chmod(stat.S_IMODE(current))
+
+
 def test_serve_refuses_an_open_spool_directory_it_cannot_tighten_with_73(
-    foreign_open_directory: Path,
+    foreign_open_directory: Path, reachable_by_nobody: None
 ) -> None:
     env = clean_env(RELAY_SPOOL_DIR=str(foreign_open_directory), RELAY_LOG_FORMAT="json")
     command = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
