@@ -81,3 +81,14 @@ def test_no_budget_where_the_memory_size_is_unknown(error: type[Exception]) -> N
 
 def test_settings_default_comes_from_this_machine() -> None:
     assert Settings(relay_dry_run=True).relay_max_inflight_bytes == default_inflight_bytes()
+
+
+def test_a_refused_upload_gives_its_bytes_back_at_once() -> None:
+    budget = InflightBudget(10)
+    first, second = budget.hold(), budget.hold()
+    assert first.take_or_drop(6)
+    assert second.take_or_drop(3)
+    assert not second.take_or_drop(2)  # 11 > 10: refused, and its 3 given back now
+    assert (budget.used, second.taken) == (6, 0)
+    assert first.take_or_drop(4)  # the room went to the upload still being read
+    assert budget.used == 10

@@ -50,6 +50,16 @@ class Hold:
         self.taken += size
         return True
 
+    def take_or_drop(self, size: int) -> bool:
+        """``take``; when the budget refuses, also give back what this hold took, at once:
+        the message's bytes are dropped (the rest of its DATA is read and discarded), so
+        the room goes to the messages still being read instead of waiting for this upload
+        to end (otherwise several large uploads at once could all be refused)."""
+        if self.take(size):
+            return True
+        self.release()
+        return False
+
     def release(self) -> None:
         """Give back everything taken (idempotent)."""
         self._budget.used -= self.taken

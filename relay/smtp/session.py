@@ -380,7 +380,7 @@ class RelaySession(SMTP):
         hold = self.guard.inflight.hold()  # this message's bytes, until its reply
         try:
             await self.push(START_DATA)
-            result = await self._read_content(hold.take)
+            result = await self._read_content(hold.take_or_drop)
             if result is None:
                 return
             if result.outcome is not DataOutcome.OK:
