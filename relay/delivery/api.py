@@ -13,7 +13,9 @@ the relay's CPU per small message and does nothing for this one fixed POST.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from typing import Any, Final
 
 import httpx
@@ -119,32 +121,39 @@ class AhaSendClient:
 
     async def _round_trip(self, request: httpx.Request) -> httpx.Response:
         """``request`` through the transport, read whole; the 2xx, or the RelayError."""
-        try:
+        with _network_errors():
             response = await self._transport.handle_async_request(request)
             response.request = request
             try:
                 await response.aread()
             finally:
                 await response.aclose()
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            raise error_for_status(response)
-        return response
+        return _successful(response)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         """One request; the 2xx response, or the RelayError for its status or failure."""
-        try:
+        with _network_errors():
             response = await self._client.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise UpstreamTimeout(type(exc).__name__) from exc
-        except httpx.TransportError as exc:
-            raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            raise error_for_status(response)
-        return response
+        return _successful(response)
+
+
+@contextlib.contextmanager
+def _network_errors() -> Iterator[None]:
+    """httpx's timeouts as ``UpstreamTimeout``, its other transport errors as
+    ``UpstreamUnreachable``."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(type(exc).__name__) from exc
+    except httpx.TransportError as exc:
+        raise UpstreamUnreachable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _successful(response: httpx.Response) -> httpx.Response:
+    """``response`` when it is a 2xx, else the RelayError for its status."""
+    if not response.is_success:
+        raise error_for_status(response)
+    return response
 
 
 async def check_account(client: AhaSendClient) -> RelayError | None:
