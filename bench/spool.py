@@ -47,15 +47,7 @@ Add = Callable[[str], Awaitable[Any]]
 class DurableCluster(PgCluster):
     """The tests' private cluster, but every commit flushed to disk (as in production)."""
 
-    def start(self) -> None:
-        options = (
-            f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-            f"-c unix_socket_directories={self.root} -c fsync=on -c synchronous_commit=on"
-        )
-        self._run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
-            "-o", options, "-w", "-t", "30", "start",
-        )  # fmt: skip
+    SERVER_SETTINGS = "-c fsync=on -c synchronous_commit=on"
 
 
 async def add_args(spool: SqliteSpool | PostgresSpool, key: str) -> int:

@@ -23,12 +23,12 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from email.message import EmailMessage
 from pathlib import Path
 
 from tests.harness import free_port
 from tests.paths import REPO
 from tests.standin import StandIn
+from tests.test_e2e_process import message
 
 EXAMPLE = REPO / "examples" / "haproxy" / "haproxy.cfg"
 HAPROXY = Path("/usr/sbin/haproxy")
@@ -171,15 +171,6 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listens on port {port}")
-
-
-def message(subject: str) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = "app@example.com"
-    msg["To"] = "ann@example.net"
-    msg["Subject"] = subject
-    msg.set_content(f"Body of {subject}\n")
-    return msg.as_bytes()
 
 
 def smtp_from(source: str, port: int, timeout: float = 30.0) -> smtplib.SMTP:

@@ -73,11 +73,14 @@ class PgCluster:
         )  # fmt: skip
         pwfile.unlink()
 
+    SERVER_SETTINGS = "-c fsync=off -c max_connections=200"
+    """``postgres`` options beyond where it listens: no flush to disk, for quick tests."""
+
     def start(self) -> None:
         """Start (or restart) the server on its port; returns once it accepts connections."""
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-            f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=200"
+            f"-c unix_socket_directories={self.root} {self.SERVER_SETTINGS}"
         )
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),

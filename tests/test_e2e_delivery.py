@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import pytest
 import structlog
 
+from relay.config import Settings
 from relay.delivery.api import AhaSendClient
 from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
@@ -46,6 +47,15 @@ class PortStandIn(StandIn):
 
     async def _listen(self) -> asyncio.Server:
         return await asyncio.start_server(self._serve, "127.0.0.1", self._fixed_port)
+
+    def relay_settings(self, **more: Any) -> Settings:
+        """A relay sending for real to this stand-in's fixed port, up or not (``settings_for``
+        with ``more``)."""
+        return settings_for(
+            None, relay_dry_run=False, ahasend_api_key=self.api_key,
+            ahasend_account_id=self.account_id,
+            ahasend_api_base_url=f"http://127.0.0.1:{self._fixed_port}", **more,
+        )  # fmt: skip
 
 
 def message(
@@ -190,9 +200,7 @@ async def _read(spool_dir: Path, query: Callable[[SqliteSpool], Awaitable[T]]) -
 def test_outage_every_message_delivered_exactly_once(tmp_path: Path) -> None:
     port = free_port()
     api = PortStandIn(port)  # not started yet: the API is down, connections are refused
-    settings = settings_for(
-        None, relay_dry_run=False, ahasend_api_key=api.api_key,
-        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+    settings = api.relay_settings(
         relay_retry_deadline=0.5, relay_spool_dir=tmp_path, relay_spool_retry_min=0.2,
         relay_spool_retry_max=0.5,
     )  # fmt: skip
@@ -349,9 +357,7 @@ def test_outage_with_spool_replies_at_once_after_the_breaker_opens(
     """Default retry settings (60 s deadline): p95 of DATA → reply ≤ 1 s after 3 messages."""
     port = free_port()
     api = PortStandIn(port)
-    settings = settings_for(
-        None, relay_dry_run=False, ahasend_api_key=api.api_key,
-        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+    settings = api.relay_settings(
         ahasend_api_timeout=1.0 if outage == "hang" else 5.0, relay_retry_deadline=60.0,
         relay_spool_dir=tmp_path, relay_spool_retry_min=0.5, relay_spool_retry_max=1.0,
     )  # fmt: skip
@@ -397,9 +403,7 @@ def test_outage_without_spool_answers_4xx_at_once_after_the_breaker_opens(outage
     """Default retry settings, no spool: the 4xx comes at once, and nothing is sent twice."""
     port = free_port()
     api = PortStandIn(port)
-    settings = settings_for(
-        None, relay_dry_run=False, ahasend_api_key=api.api_key,
-        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+    settings = api.relay_settings(
         ahasend_api_timeout=1.0 if outage == "hang" else 5.0, relay_retry_deadline=60.0,
     )  # fmt: skip
     fault = OUTAGES[outage]

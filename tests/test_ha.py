@@ -128,6 +128,17 @@ def push(port: int, subjects: list[str], threads: int) -> dict[str, tuple[int, s
     return replies
 
 
+def paced_replicas(url: str, rate: int, burst: int) -> dict[str, str]:
+    """The environment of three replicas sharing ``url`` and the account's ``rate``/``burst``."""
+    return {
+        "RELAY_SPOOL_URL": url,
+        "RELAY_API_RATE": str(rate),
+        "RELAY_API_BURST": str(burst),
+        "RELAY_REPLICAS": "3",
+        "RELAY_RETRY_DEADLINE": "30",
+    }
+
+
 def test_three_replicas_pace_at_the_accounts_rate_together(
     standin: StandIn, pg_cluster: PgCluster, tmp_path: Path
 ) -> None:
@@ -135,13 +146,7 @@ def test_three_replicas_pace_at_the_accounts_rate_together(
     database: 300 messages through the balancer reach the stand-in at 30/s in aggregate
     (not 90/s), never more than rate + burst in any one-second window."""
     rate, burst, total = 30, 10, 300
-    env = {
-        "RELAY_SPOOL_URL": pg_cluster.database(),
-        "RELAY_API_RATE": str(rate),
-        "RELAY_API_BURST": str(burst),
-        "RELAY_REPLICAS": "3",
-        "RELAY_RETRY_DEADLINE": "30",
-    }
+    env = paced_replicas(pg_cluster.database(), rate, burst)
     subjects = [f"Paced {i}" for i in range(total)]
     with behind_haproxy(standin, tmp_path, **env) as (balancer, replicas):
         started = time.monotonic()
@@ -172,13 +177,7 @@ def test_without_the_database_each_replica_paces_at_its_share(
     to RELAY_API_RATE / 3 each, so together they still stay near the account's rate (the
     API path works without the spool) instead of sending at three times it."""
     rate, burst, total = 30, 3, 150
-    env = {
-        "RELAY_SPOOL_URL": pg_cluster.database(),
-        "RELAY_API_RATE": str(rate),
-        "RELAY_API_BURST": str(burst),
-        "RELAY_REPLICAS": "3",
-        "RELAY_RETRY_DEADLINE": "30",
-    }
+    env = paced_replicas(pg_cluster.database(), rate, burst)
     with behind_haproxy(standin, tmp_path, **env) as (balancer, replicas):
         pg_cluster.stop()
         try:

@@ -262,14 +262,18 @@ def test_compose_example_passes_docker_compose_config(tmp_path: Path) -> None:
     shutil.copy(COMPOSE, tmp_path)
     (tmp_path / "relay.env").write_text("AHASEND_ACCOUNT_ID=00000000-0000-0000-0000-000000000000\n")
     (tmp_path / "api-key").write_text("aha-sk-x\n")
-    result = subprocess.run([tool, "-f", COMPOSE.name, "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = compose_config(tool, COMPOSE.name, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     text = COMPOSE.read_text().replace("    secrets: [ahasend_api_key]", "    secretz: [x]")
     (tmp_path / COMPOSE.name).write_text(text)
-    broken = subprocess.run([tool, "-f", COMPOSE.name, "config", "-q"], cwd=tmp_path,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    broken = compose_config(tool, COMPOSE.name, tmp_path)
     assert "secretz" in broken.stderr
+
+
+def compose_config(tool: str, name: str, folder: Path) -> subprocess.CompletedProcess[str]:
+    """``docker-compose -f NAME config -q`` in ``folder``: validates the file offline."""
+    return subprocess.run([tool, "-f", name, "config", "-q"], cwd=folder,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
 
 
 def pod_spec() -> dict[str, Any]:
@@ -417,13 +421,11 @@ def test_compose_postgres_example_passes_docker_compose_config(tmp_path: Path) -
     shutil.copy(COMPOSE_PG, folder)
     for name in ("relay.env", "api-key", "spool-url", "db-password"):
         (folder / name).write_text("x\n")
-    result = subprocess.run([tool, "-f", COMPOSE_PG.name, "config", "-q"], cwd=folder,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    result = compose_config(tool, COMPOSE_PG.name, folder)
     assert result.returncode == 0, result.stdout + result.stderr
     text = COMPOSE_PG.read_text().replace("  relay3: *relay", "  relay3: *relais")
     (folder / COMPOSE_PG.name).write_text(text)
-    broken = subprocess.run([tool, "-f", COMPOSE_PG.name, "config", "-q"], cwd=folder,
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    broken = compose_config(tool, COMPOSE_PG.name, folder)
     assert broken.returncode != 0
     assert "relais" in broken.stdout + broken.stderr
 

@@ -219,9 +219,7 @@ def test_an_outage_by_refused_connection_is_unready_only_without_a_spool(
 ) -> None:
     port = free_port()
     api = PortStandIn(port)  # never started: every connection is refused
-    settings = settings_for(
-        None, relay_dry_run=False, ahasend_api_key=api.api_key,
-        ahasend_account_id=api.account_id, ahasend_api_base_url=f"http://127.0.0.1:{port}",
+    settings = api.relay_settings(
         relay_metrics_port=0, relay_spool_dir=spool,
     )  # fmt: skip
     with running_relay(settings) as relay:  # the start-up account read was refused
