@@ -613,7 +613,7 @@ def test_a_rotated_keys_old_client_closes_once_its_request_in_flight_is_answered
     [crm] = apps(1)
     standin.grant(crm.key, crm.account)
     path = write_tenants(tmp_path, [tenant_table(tmp_path, crm)])
-    standin.script(Scripted(202, delay=1.5))
+    standin.script(Scripted(202, delay=6.0))
     with running_relay(relay_settings(standin, certs, tmp_path, path)) as relay:
         assert relay.server is not None
         router = relay.server.relay.router
