@@ -2,8 +2,9 @@
 
 The stdlib feed parser keeps a base64 leaf as one ``str`` per line, then joins them: a
 20 MiB attachment costs ~50 MiB at that moment, and ``relay.translate.attachments`` then
-copies it again. ``parse`` (for a message over ``ELIDE_FROM`` bytes) first finds the runs
-of base64 lines (``_RUN``, at least ``_MIN_RUN`` bytes, each starting a line) and feeds
+copies it again. ``parse`` (for a message over ``ELIDE.message`` bytes, 256 KiB) first finds
+the runs of base64 lines (``_RUN``, at least ``ELIDE.run`` bytes, 64 KiB, each starting a
+line) and feeds
 the parser the message with each run replaced by one placeholder line: a token (letters
 and digits, so a line the parser treats exactly as it treats a base64 line: not a header,
 not a boundary) with a per-call random nonce and the run's index, then CRLF. The token
@@ -41,11 +42,19 @@ from relay.translate.tree import (
     subparts,
 )
 
-__all__ = ["ELIDE_FROM", "Parsed", "parse"]
+__all__ = ["ELIDE", "ElideAt", "Parsed", "parse"]
 
-ELIDE_FROM: Final = 256 * 1024
-"""Messages larger than this (bytes) are parsed with their base64 runs left out."""
-_MIN_RUN: Final = 64 * 1024
+
+@dataclass(frozen=True, slots=True)
+class ElideAt:
+    """When runs are left out: in a message over ``message`` bytes, the runs of at least
+    ``run`` bytes."""
+
+    message: int
+    run: int
+
+
+ELIDE: Final = ElideAt(message=256 * 1024, run=64 * 1024)
 _RUN: Final = re.compile(rb"^(?:[A-Za-z0-9+/=]{1,998}\r\n)++", re.MULTILINE)
 """Possessive (``++``): a plain ``+`` keeps a backtracking frame per line, 1.5x the
 message size for a 20 MiB run (measured); this one scans in constant memory."""
@@ -63,12 +72,12 @@ class Parsed:
     lazy: dict[int, RawBase64] = field(default_factory=dict)
 
 
-def parse(raw: bytes | bytearray, elide_from: int | None = ELIDE_FROM) -> Parsed:
+def parse(raw: bytes | bytearray, elide: ElideAt | None = ELIDE) -> Parsed:
     """The tree of ``raw`` (``tree.feed``'s), large base64 leaves by reference (module doc).
 
-    ``elide_from`` None parses every message the plain way (for tests comparing both).
+    ``elide`` None parses every message the plain way (for tests comparing both).
     """
-    runs = _runs(raw) if elide_from is not None and len(raw) > elide_from else []
+    runs = _runs(raw, elide.run) if elide is not None and len(raw) > elide.message else []
     if not runs:
         return Parsed(feed(raw))
     elided = _Elided(raw, runs)
@@ -76,9 +85,9 @@ def parse(raw: bytes | bytearray, elide_from: int | None = ELIDE_FROM) -> Parsed
     return Parsed(msg, elided.settle(msg))
 
 
-def _runs(raw: bytes | bytearray) -> list[tuple[int, int]]:
-    """The (start, end) of each run of base64 lines at least ``_MIN_RUN`` long."""
-    return [m.span() for m in _RUN.finditer(raw) if m.end() - m.start() >= _MIN_RUN]
+def _runs(raw: bytes | bytearray, least: int) -> list[tuple[int, int]]:
+    """The (start, end) of each run of base64 lines at least ``least`` bytes long."""
+    return [m.span() for m in _RUN.finditer(raw) if m.end() - m.start() >= least]
 
 
 class _Elided:

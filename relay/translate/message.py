@@ -34,7 +34,7 @@ from relay.translate.addresses import (
     usable_recipient,
 )
 from relay.translate.directives import PREFIX, directive_fields
-from relay.translate.elision import ELIDE_FROM, Parsed, parse
+from relay.translate.elision import ELIDE, ElideAt, Parsed, parse
 from relay.translate.headers import Headers, forwarded
 from relay.translate.hostile import harden
 from relay.translate.parts import EMPTY_BODY, Content
@@ -63,11 +63,11 @@ def translate(
     mail_from: str,
     rcpt_tos: Sequence[str],
     *,
-    elide_from: int | None = ELIDE_FROM,
+    elide: ElideAt | None = ELIDE,
 ) -> Translated:
     """The API requests for message ``raw`` sent by ``mail_from`` to ``rcpt_tos``.
 
-    In a message over ``elide_from`` bytes, large valid base64 attachments are not copied:
+    In a message over ``elide.message`` bytes, large valid base64 attachments are not copied:
     their ``data`` is a ``RawBase64`` into ``raw`` (``relay.translate.elision``), which
     ``relay.translate.wire.serialise`` writes out; the JSON is the same byte for byte
     (None: always the plain way). Raises ``MessageUnparseable`` (no usable sender or
@@ -75,7 +75,7 @@ def translate(
     invalid value) or ``MessageEncrypted``; nothing else.
     """
     raw = mend_raw(raw)
-    parsed = _parse(raw, elide_from)
+    parsed = _parse(raw, elide)
     msg = parsed.msg
     heads = Headers(msg, _text_charset(msg))
     recipients = envelope(rcpt_tos)
@@ -93,10 +93,10 @@ def translate(
     return Translated(payloads, heads.text("message-id") or None, count, tuple(content.notices))
 
 
-def _parse(raw: bytes | bytearray, elide_from: int | None) -> Parsed:
+def _parse(raw: bytes | bytearray, elide: ElideAt | None) -> Parsed:
     """The message tree of ``raw``, mended; ``MessageUnparseable`` if the parser gives up."""
     try:
-        parsed = parse(raw, elide_from)
+        parsed = parse(raw, elide)
         mend_tree(parsed.msg)
     except PARSE_ERRORS as exc:
         raise MessageUnparseable(
