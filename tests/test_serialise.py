@@ -1,5 +1,6 @@
 """relay.translate.wire: the request body is the same compact UTF-8 JSON with or without
-orjson, in memory or streamed (attachment data left in the received message)."""
+orjson, in memory or streamed (attachment data left in the received message); a dry run
+reads a streamed one."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import os
 from typing import Any
 
 import pytest
+import structlog
 
+from relay.delivery.sender import DryRunSender
 from relay.translate.rawslice import CHUNK, RawBase64
 from relay.translate.wire import DUMPS, Dumps, StreamedBody, json_dumps, serialise
 
@@ -72,3 +75,15 @@ def test_raw_data_is_streamed_as_the_json_of_its_text(dumps: Dumps) -> None:
 def test_anything_else_json_cannot_take_is_still_refused(dumps: Dumps) -> None:
     with pytest.raises(TypeError):
         serialise(PAYLOAD | {"subject": object()}, dumps)
+
+
+async def test_a_dry_run_logs_a_streamed_body_abbreviated() -> None:
+    _, slices, values = _raw_attachments(1)
+    body = serialise(_with(slices))
+    assert isinstance(body, StreamedBody)
+    with structlog.testing.capture_logs() as logs:
+        delivery = await DryRunSender().send(body, "k")
+    assert delivery.status is None
+    (event,) = [e for e in logs if e["event"] == "dry_run"]
+    shown = event["payload"]["attachments"][0]["data"]
+    assert shown == f"{values[0][:40]}... ({len(values[0])} chars)"
