@@ -28,7 +28,7 @@ from bench.loops import new_event_loop
 from bench.worker import emit, own_cpu, percentiles, wait_for_go
 from relay.delivery.transport import build_transport
 from relay.translate.message import translate
-from relay.translate.wire import serialise
+from relay.translate.wire import as_bytes, serialise
 
 ACCOUNT_ID = "6a3c1f0e-0000-4000-8000-00000000bec4"
 API_KEY = "aha-sk-bench-" + "0" * 51
@@ -41,7 +41,7 @@ def request_bodies(kinds: str, count: int) -> list[bytes]:
     bodies = {}
     for name in set(names):
         translated = translate(messages.render(name, RCPT), messages.SENDER, [RCPT])
-        bodies[name] = serialise(translated.payloads[0])
+        bodies[name] = as_bytes(serialise(translated.payloads[0]))  # a large one in memory too
     return [bodies[names[i % len(names)]] for i in range(count)]
 
 

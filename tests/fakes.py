@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from relay.delivery.route import DEFAULT_ROUTE, Route, SingleRouter
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import RelayError
+from relay.translate.wire import Body
 
 
 class FakeTime:
@@ -32,10 +33,10 @@ class ScriptedSender:
 
     def __init__(self, outcomes: Iterable[Delivery | RelayError]) -> None:
         self.outcomes = list(outcomes)
-        self.calls: list[tuple[bytes, str]] = []
+        self.calls: list[tuple[Body, str]] = []
         self.closed = False
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         self.calls.append((body, idempotency_key))
         outcome = self.outcomes.pop(0) if len(self.outcomes) > 1 else self.outcomes[0]
         if isinstance(outcome, RelayError):

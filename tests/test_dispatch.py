@@ -21,6 +21,8 @@ from relay.errors import (
     UpstreamUnreachable,
 )
 from relay.smtp.replies import SERVICE_NOT_AVAILABLE, SPOOL_UNAVAILABLE, reply_for
+from relay.translate.rawslice import RawBase64
+from relay.translate.wire import StreamedBody, serialise
 from tests.fakes import ACCEPTED, ScriptedSender, one_route
 
 SUBMISSION = Submission("a@x.org", ("b@y.org",))
@@ -159,3 +161,19 @@ async def test_after_the_grace_period_no_call_is_made() -> None:
             [b"1"], ["k"], SUBMISSION
         )
     assert sender.calls == []
+
+
+async def test_a_streamed_body_is_spooled_as_its_bytes(tmp_path: Path) -> None:
+    raw = bytearray(b"headers\r\n\r\nQUJD\r\nREVG\r\n--b--\r\n")
+    data = RawBase64(raw, 11, 23)
+    body = serialise({"subject": "s", "attachments": [{"data": data, "base64": True}]})
+    assert isinstance(body, StreamedBody)
+    spool = SqliteSpool(tmp_path)
+    sender = ScriptedSender([UpstreamServerError("503")])
+    (delivery,) = await Dispatcher(one_route(sender), spool).send_all([body], ["k"], SUBMISSION)
+    assert sender.calls == [(body, "k")]  # the sender got the stream itself
+    assert delivery.spool_id is not None
+    entry = await spool.get(delivery.spool_id)
+    assert entry is not None
+    assert entry.body == b'{"subject":"s","attachments":[{"data":"QUJDREVG","base64":true}]}'
+    await spool.close()

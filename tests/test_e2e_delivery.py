@@ -7,8 +7,10 @@ slow answers, or the whole API down); the relay is driven as an application woul
 from __future__ import annotations
 
 import asyncio
+import email.policy
 import io
 import json
+import os
 import smtplib
 import threading
 import time
@@ -27,6 +29,9 @@ from relay.delivery.policy import SpoolPolicy
 from relay.delivery.spool import SpoolEntry, SpoolStats, SqliteSpool
 from relay.delivery.worker import SpoolWorker
 from relay.ops.log import configure
+from relay.translate.elision import ELIDE
+from relay.translate.message import translate
+from relay.translate.wire import StreamedBody, serialise
 from tests.fakes import one_route
 from tests.harness import RunningRelay, free_port, running_relay, settings_for
 from tests.rawsmtp import RawSMTP
@@ -493,3 +498,30 @@ def test_a_malformed_2xx_counts_as_accepted(body: Any, standin: StandIn) -> None
     assert "internal_error" not in logs
     assert "Confidential" not in warning["problem"]
     assert "Secret-Looking" not in logs
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_a_large_attachment_is_streamed_whole_and_resent_whole_after_a_fault(
+    standin: StandIn, transport: str
+) -> None:
+    """A message over the elision threshold: its attachment is streamed (Content-Length,
+    not chunked) by either transport; the stand-in (validating against the spec) gets the
+    very JSON the plain path serialises, on the failed attempt and on the retry."""
+    msg = message("Large")
+    msg.add_attachment(os.urandom(ELIDE.message), maintype="application", subtype="pdf",
+                       filename="big.pdf")  # fmt: skip
+    raw = msg.as_bytes(policy=email.policy.SMTP)
+    plain = translate(raw, "app@example.com", ["ann@example.net"], elide=None)
+    expected = serialise(plain.payloads[0])
+    assert isinstance(expected, bytes)
+    assert isinstance(serialise(translate(raw, "app@example.com", ["ann@example.net"])
+                                .payloads[0]), StreamedBody)  # fmt: skip
+    settings = settings_for(standin, relay_retry_deadline=8.0, ahasend_api_transport=transport)
+    standin.script(Scripted(503))
+    with running_relay(settings) as relay, smtplib.SMTP("127.0.0.1", relay.port) as client:
+        client.sendmail("app@example.com", ["ann@example.net"], raw)
+    assert [r.response_status for r in standin.requests] == [503, 202]
+    for request in standin.requests:
+        assert request.body == expected
+        assert request.headers["content-length"] == str(len(expected))
+        assert "transfer-encoding" not in request.headers

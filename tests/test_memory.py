@@ -58,9 +58,10 @@ def test_real_glibc_accepts_it() -> None:
 # -- real measurements: a relay process, the stand-in, large messages over SMTP ----------
 
 MIB = 1024 * 1024
-ONE_MESSAGE_LIMIT = 4.0
-"""Peak RSS rise for one large message, in multiples of its size on the wire (measured
-3.6-3.8x on the benchmark machine; README "Memory")."""
+ONE_MESSAGE_LIMIT = 1.5
+"""Peak RSS rise for one large message, in multiples of its size on the wire (issue 15;
+measured ~1.0x since the attachment is streamed from the received bytes, 3.6-3.8x before;
+README "Memory")."""
 
 
 def _status_bytes(pid: int, key: str) -> int:
@@ -106,16 +107,22 @@ def peak_rise(relay: RelayProcess, load: Callable[[], object]) -> int:
 
 
 @pytest.mark.e2e
-def test_one_large_message_costs_a_bounded_multiple_of_its_size(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_one_large_message_costs_a_bounded_multiple_of_its_size(
+    tmp_path: Path, transport: str
+) -> None:
     raw = large_message(14 * MIB)  # ~19 MiB on the wire, under AhaSend's 20 MiB
     with (
         StandIn(validate=False, record_bodies=False) as standin,
-        relay_process(tmp_path, **standin_env(standin, AHASEND_API_TIMEOUT="30")) as relay,
+        relay_process(
+            tmp_path,
+            **standin_env(standin, AHASEND_API_TIMEOUT="30", AHASEND_API_TRANSPORT=transport),
+        ) as relay,
     ):
         assert send(relay.port, large_message(1 * MIB, "warm-up")) == 250
         rise = peak_rise(relay, lambda: send(relay.port, raw))
         assert len(standin.requests) == 2
-    print(f"one {len(raw) / MIB:.1f} MiB message: peak RSS +{rise / MIB:.1f} MiB")
+    print(f"one {len(raw) / MIB:.1f} MiB message ({transport}): peak RSS +{rise / MIB:.1f} MiB")
     assert rise <= ONE_MESSAGE_LIMIT * len(raw), f"{rise / len(raw):.2f} x the message size"
 
 

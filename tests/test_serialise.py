@@ -1,11 +1,20 @@
-"""handler.serialise: the request body is the same compact UTF-8 JSON with or without orjson."""
+"""relay.translate.wire: the request body is the same compact UTF-8 JSON with or without
+orjson, in memory or streamed (attachment data left in the received message); a dry run
+reads a streamed one."""
 
 from __future__ import annotations
 
+import base64
 import json
+import os
 from typing import Any
 
-from relay.translate.wire import serialise
+import pytest
+import structlog
+
+from relay.delivery.sender import DryRunSender
+from relay.translate.rawslice import CHUNK, RawBase64
+from relay.translate.wire import DUMPS, Dumps, StreamedBody, json_dumps, serialise
 
 PAYLOAD: dict[str, Any] = {
     "from": {"email": "zoe@example.test", "name": "Zoë Ünïcode"},
@@ -16,9 +25,65 @@ PAYLOAD: dict[str, Any] = {
     "headers": {"X-Count": "3"},
     "sandbox": False,
 }
+BOTH: dict[str, Dumps] = {"default": DUMPS, "stdlib": json_dumps}
 
 
-def test_body_is_compact_utf8_json_identical_to_the_stdlib_rendering() -> None:
-    expected = json.dumps(PAYLOAD, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
-    assert serialise(PAYLOAD) == expected
-    assert json.loads(serialise(PAYLOAD)) == PAYLOAD
+def _stdlib(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+@pytest.mark.parametrize("dumps", BOTH.values(), ids=BOTH.keys())
+def test_body_is_compact_utf8_json_identical_to_the_stdlib_rendering(dumps: Dumps) -> None:
+    body = serialise(PAYLOAD, dumps)
+    assert body == _stdlib(PAYLOAD)
+    assert json.loads(body) == PAYLOAD
+
+
+def _raw_attachments(count: int) -> tuple[bytearray, list[RawBase64], list[str]]:
+    """A fake received message holding ``count`` base64 runs (76-character lines)."""
+    raw, slices, values = bytearray(b"headers\r\n\r\n"), [], []
+    for _ in range(count):
+        text = base64.b64encode(os.urandom(3 * CHUNK + 7))
+        start = len(raw)
+        raw += b"".join(text[i : i + 76] + b"\r\n" for i in range(0, len(text), 76))
+        slices.append(RawBase64(raw, start, len(raw)))
+        values.append(text.decode("ascii"))
+        raw += b"--boundary\r\n"
+    return raw, slices, values
+
+
+def _with(data: list[Any]) -> dict[str, Any]:
+    files = [{"file_name": f"{i}.pdf", "data": d, "base64": True} for i, d in enumerate(data)]
+    return PAYLOAD | {"attachments": files}
+
+
+@pytest.mark.parametrize("dumps", BOTH.values(), ids=BOTH.keys())
+def test_raw_data_is_streamed_as_the_json_of_its_text(dumps: Dumps) -> None:
+    _, slices, values = _raw_attachments(2)
+    body = serialise(_with(slices), dumps)
+    assert isinstance(body, StreamedBody)
+    expected = _stdlib(_with(values))
+    assert body.to_bytes() == expected
+    assert len(body) == len(expected)
+    first, again = list(body.chunks()), list(body.chunks())  # a retry reads it again
+    assert first == again
+    assert b"".join(first) == expected
+    assert max(len(chunk) for chunk in first) <= CHUNK
+
+
+@pytest.mark.parametrize("dumps", BOTH.values(), ids=BOTH.keys())
+def test_anything_else_json_cannot_take_is_still_refused(dumps: Dumps) -> None:
+    with pytest.raises(TypeError):
+        serialise(PAYLOAD | {"subject": object()}, dumps)
+
+
+async def test_a_dry_run_logs_a_streamed_body_abbreviated() -> None:
+    _, slices, values = _raw_attachments(1)
+    body = serialise(_with(slices))
+    assert isinstance(body, StreamedBody)
+    with structlog.testing.capture_logs() as logs:
+        delivery = await DryRunSender().send(body, "k")
+    assert delivery.status is None
+    (event,) = [e for e in logs if e["event"] == "dry_run"]
+    shown = event["payload"]["attachments"][0]["data"]
+    assert shown == f"{values[0][:40]}... ({len(values[0])} chars)"

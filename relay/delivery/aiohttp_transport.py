@@ -6,11 +6,13 @@ server disconnected) to ``httpx.ConnectTimeout``; the relay would then answer "t
 (451 4.4.2) when the API is in fact unreachable (451 4.4.1). Only aiohttp's timeouts stay
 timeouts here; every other connection failure becomes ``httpx.ConnectError``.
 
-A request with its body in memory (every request the relay makes) is sent without a
+A request with its body in memory (every small message) or streamed with its
+``Content-Length`` (a large message, ``relay.translate.wire.StreamedBody``: aiohttp sends
+it as it is read, with that length, never chunked nor copied whole) is sent without a
 proxy by aiohttp directly and its answer read with one ``read()``: httpx-aiohttp wraps
 the answer in a stream that httpx then reads in 16 KiB chunks through two layers of
-iterators, ~5 % of the relay's CPU per small message. Anything else (a streamed body, a
-proxy) takes httpx-aiohttp's own way. Imported only when the transport is chosen (see
+iterators, ~5 % of the relay's CPU per small message. Anything else (a stream of unknown
+length, a proxy) takes httpx-aiohttp's own way. Imported only when the transport is chosen (see
 ``relay.delivery.transport``).
 
 Through a proxy, aiohttp sends the proxy's headers (``Proxy-Authorization``) only on the
@@ -19,6 +21,8 @@ the request itself (what httpx's own transport does), or the proxy would answer 
 """
 
 from __future__ import annotations
+
+from typing import cast
 
 import httpx
 from aiohttp import ClientSession, ClientTimeout
@@ -43,16 +47,22 @@ class RelayAiohttpTransport(AiohttpTransport):
             raise httpx.ConnectError(str(exc) or type(exc.__cause__).__name__) from exc.__cause__
 
     async def _exchange(self, request: httpx.Request) -> httpx.Response:
+        if self.proxy is not None:
+            return await super().handle_async_request(request)
+        body: bytes | httpx.AsyncByteStream
         try:
             body = request.content
-        except httpx.RequestNotRead:
-            body = None
-        if body is None or self.proxy is not None:
-            return await super().handle_async_request(request)
+        except httpx.RequestNotRead:  # streamed: its Content-Length is set (AhaSendClient)
+            if "content-length" not in request.headers:
+                return await super().handle_async_request(request)
+            body = cast(httpx.AsyncByteStream, request.stream)
         return await self._read_whole(request, body)
 
-    async def _read_whole(self, request: httpx.Request, body: bytes) -> httpx.Response:
-        """``request`` (its ``body`` in memory) sent by aiohttp, the answer read in one go."""
+    async def _read_whole(
+        self, request: httpx.Request, body: bytes | httpx.AsyncByteStream
+    ) -> httpx.Response:
+        """``request`` sent by aiohttp, the answer read in one go. ``body`` is in memory
+        or a stream of known length (aiohttp sends it as read, not chunked)."""
         if not isinstance(self.client, ClientSession):
             self.client = self.get_client()
         timeout = request.extensions.get("timeout", {})

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Final
 
 import httpx
@@ -38,6 +38,7 @@ from relay.errors import (
 )
 from relay.ops.log import get_logger
 from relay.smtp.replies import sanitize
+from relay.translate.wire import Body, StreamedBody
 
 __all__ = ["MAX_CONNECTIONS", "USER_AGENT", "AhaSendClient", "check_account", "error_for_status"]
 
@@ -94,11 +95,18 @@ class AhaSendClient:
         self._send_headers = list(self._client.headers.raw)
         self._timeout = self._client.timeout.as_dict()
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
-        """POST ``body`` (a serialised request); a Delivery on 2xx, else a RelayError."""
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
+        """POST ``body`` (a serialised request); a Delivery on 2xx, else a RelayError.
+
+        A ``StreamedBody`` is sent as it is read, with its exact ``Content-Length`` (so
+        not chunked): a new stream per call, so a retry sends it whole again.
+        """
         headers = [*self._send_headers, (b"Idempotency-Key", idempotency_key.encode("ascii"))]
+        content: bytes | AsyncIterator[bytes] = body if isinstance(body, bytes) else _stream(body)
+        if not isinstance(body, bytes):
+            headers.append((b"Content-Length", str(len(body)).encode("ascii")))
         request = httpx.Request(
-            "POST", self._send_url, headers=headers, content=body,
+            "POST", self._send_url, headers=headers, content=content,
             extensions={"timeout": self._timeout},
         )  # fmt: skip
         return _delivery(await self._round_trip(request))
@@ -135,6 +143,12 @@ class AhaSendClient:
         with _network_errors():
             response = await self._client.request(method, path, **kwargs)
         return _successful(response)
+
+
+async def _stream(body: StreamedBody) -> AsyncIterator[bytes]:
+    """``body``'s chunks for httpx (which reads a request stream asynchronously)."""
+    for chunk in body.chunks():
+        yield chunk
 
 
 @contextlib.contextmanager

@@ -24,6 +24,7 @@ from relay.delivery.retry import RETRYABLE
 from relay.delivery.sender import Delivery, Sender
 from relay.errors import RelayError
 from relay.ops.log import get_logger
+from relay.translate.wire import Body
 
 __all__ = ["BreakerSender", "CircuitBreaker"]
 
@@ -103,7 +104,7 @@ class BreakerSender:
         self._inner = inner
         self.breaker = breaker
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         try:
             delivery = await self._inner.send(body, idempotency_key)
         except RelayError as exc:

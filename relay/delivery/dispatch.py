@@ -40,6 +40,7 @@ from relay.errors import (
     TransientError,
 )
 from relay.ops.log import get_logger
+from relay.translate.wire import Body, as_bytes
 
 __all__ = ["Dispatcher"]
 
@@ -67,7 +68,7 @@ class Dispatcher:
         self._grace_over = grace_over if grace_over is not None else asyncio.Event()
 
     async def send_all(
-        self, bodies: Sequence[bytes], keys: Sequence[str], submission: Submission
+        self, bodies: Sequence[Body], keys: Sequence[str], submission: Submission
     ) -> list[Delivery]:
         """One Delivery per request, in order; raises the RelayError the reply should show."""
         route = self._router.route(submission)
@@ -88,7 +89,7 @@ class Dispatcher:
             deliveries.append(await self._spool_one(body, key, submission, failure, route.name))
         return deliveries
 
-    async def _send_unless_over(self, sender: Sender, body: bytes, key: str) -> Delivery:
+    async def _send_unless_over(self, sender: Sender, body: Body, key: str) -> Delivery:
         """``sender.send``, abandoned with ``ShuttingDown`` if the grace period ends first."""
         if self._grace_over.is_set():
             raise ShuttingDown("shutdown grace period over")
@@ -106,14 +107,17 @@ class Dispatcher:
         return send.result()  # done before the cancel took effect: its own outcome
 
     async def _spool_one(
-        self, body: bytes, key: str, submission: Submission, why: TransientError, route: str
+        self, body: Body, key: str, submission: Submission, why: TransientError, route: str
     ) -> Delivery:
-        """Write one request durably; InternalError (4xx) when the spool cannot take it."""
+        """Write one request durably; InternalError (4xx) when the spool cannot take it.
+
+        A streamed body (a large message) is materialised here, once: the spool stores bytes.
+        """
         assert self._spool is not None
         error = f"{type(why).__name__}: {why.detail}".rstrip(": ")
         try:
             spool_id = await self._spool.add(
-                body,
+                as_bytes(body),
                 key,
                 mail_from=submission.mail_from,
                 rcpt_tos=submission.rcpt_tos,

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from relay.delivery.sender import Delivery, Sender
+from relay.translate.wire import Body
 
 __all__ = ["PACING_TICK", "PacedSender", "Pacer", "Slot", "TokenBucket", "until_tick"]
 
@@ -114,7 +115,7 @@ class PacedSender:
         self._slots = asyncio.Semaphore(max_concurrency)
         self._sleep = sleep
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         async with self._slots:
             await self._wait_for_token()
             return await self._inner.send(body, idempotency_key)

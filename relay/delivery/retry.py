@@ -38,6 +38,7 @@ from relay.errors import (
     UpstreamUnreachable,
 )
 from relay.ops.log import get_logger
+from relay.translate.wire import Body
 
 if TYPE_CHECKING:
     from relay.delivery.circuit import CircuitBreaker
@@ -96,7 +97,7 @@ class RetryingSender:
         """Shutdown: no more retries; waiting sends raise their last error now."""
         self._stopping.set()
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         """Deliver ``body``, retrying transient failures; raises the last error at the end.
 
         With the breaker open: ``UpstreamUnreachable`` at once, or one probe attempt.
@@ -135,7 +136,7 @@ class RetryingSender:
     async def aclose(self) -> None:
         await self._inner.aclose()
 
-    async def _attempt(self, body: bytes, key: str, deadline: float) -> Delivery:
+    async def _attempt(self, body: Body, key: str, deadline: float) -> Delivery:
         """One call of ``inner``, cut off at ``deadline``."""
         try:
             async with asyncio.timeout(max(deadline - self._clock(), 0.0)):

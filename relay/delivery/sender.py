@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.ops.log import get_logger
+from relay.translate.wire import Body, as_bytes
 
 __all__ = ["Delivery", "DryRunSender", "Sender", "abbreviate", "refusals"]
 
@@ -48,7 +49,7 @@ def refusals(failures: Sequence[tuple[str, str]]) -> list[dict[str, str]]:
 class Sender(Protocol):
     """Delivers one request body; raises ``RelayError`` subclasses on failure."""
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery: ...
+    async def send(self, body: Body, idempotency_key: str) -> Delivery: ...
 
     async def aclose(self) -> None: ...
 
@@ -56,8 +57,8 @@ class Sender(Protocol):
 class DryRunSender:
     """Logs the payload that would be sent (attachment data abbreviated); never networks."""
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
-        payload = json.loads(body)
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
+        payload = json.loads(as_bytes(body))  # a streamed body materialised: a dry run
         log.info("dry_run", idempotency_key=idempotency_key, payload=abbreviate(payload))
         return Delivery(status=None)  # nothing was sent
 

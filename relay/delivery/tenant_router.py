@@ -26,6 +26,7 @@ from relay.delivery.sender import Delivery, Sender
 from relay.delivery.spool.base import SpoolEntry
 from relay.delivery.tenants import Tenant, Tenants
 from relay.errors import NoTenant
+from relay.translate.wire import Body
 
 __all__ = ["NO_TENANT", "AccountBuckets", "TenantRouter"]
 
@@ -33,7 +34,7 @@ __all__ = ["NO_TENANT", "AccountBuckets", "TenantRouter"]
 class _Refusing:
     """A sender that refuses every request: the client belongs to no tenant."""
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         raise NoTenant()
 
     async def aclose(self) -> None:
@@ -49,7 +50,7 @@ class _Removed:
     def __init__(self, name: str) -> None:
         self._detail = f"tenant {name!r} is no longer in RELAY_TENANTS_FILE"
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         raise NoTenant(self._detail)
 
     async def aclose(self) -> None:
@@ -78,7 +79,7 @@ class _Counted:
     def __init__(self, inner: Sender, uses: _InUse) -> None:
         self._inner, self._uses = inner, uses
 
-    async def send(self, body: bytes, idempotency_key: str) -> Delivery:
+    async def send(self, body: Body, idempotency_key: str) -> Delivery:
         self._uses.count += 1
         self._uses.idle.clear()
         try:

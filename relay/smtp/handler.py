@@ -127,7 +127,7 @@ class RelayHandler:
 
     async def _deliver(self, server: Any, session: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
-        raw: bytes = envelope.content
+        raw: bytes | bytearray = envelope.content
         record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
                    rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
         tenant = self._tenant(server, session)
@@ -208,7 +208,9 @@ class RelayHandler:
             payloads = self._sender_policy.vet(payloads, domains)
         return with_payloads(translated, [apply_tenant(p, tenant) for p in payloads])
 
-    async def _translate(self, raw: bytes, mail_from: str, rcpt_tos: list[str]) -> Translated:
+    async def _translate(
+        self, raw: bytes | bytearray, mail_from: str, rcpt_tos: list[str]
+    ) -> Translated:
         if len(raw) > OFFLOAD_SIZE:
             return await asyncio.to_thread(translate, raw, mail_from, rcpt_tos)
         return translate(raw, mail_from, rcpt_tos)

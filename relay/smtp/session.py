@@ -388,7 +388,11 @@ class RelaySession(SMTP):
                 await self._refuse_data(_DATA_FAILURE[result.outcome])
                 return
             assert self.envelope is not None
-            self.envelope.content = self.envelope.original_content = result.content
+            # A bytearray, not copied to bytes (relay.smtp.dataread): every reader of the
+            # content (handler, translator, Idempotency-Key) takes either.
+            content = cast(bytes, result.content)
+            self.envelope.content = self.envelope.original_content = content
+            del content
             del result  # the envelope holds the only reference: the handler can free it early
             await self._deliver()
         finally:

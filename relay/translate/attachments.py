@@ -21,7 +21,8 @@ Inline or not
 
 Data
     Base64 without line breaks; a base64 part whose payload is valid base64 is passed on as
-    it is. An attached message (``message/*``) is its bytes exactly as received
+    it is (in a large message by reference, ``relay.translate.rawslice``: not copied). An
+    attached message (``message/*``) is its bytes exactly as received
     (``relay.translate.verbatim``), so a DKIM signature inside it still verifies; only when
     those bytes cannot be found is it re-serialised.
 """
@@ -39,6 +40,7 @@ from typing import Any, Final
 
 from relay.errors import MessageUnparseable
 from relay.translate.headers import Headers, decode_text_header, one_line, raw_bytes
+from relay.translate.rawslice import RawBase64
 from relay.translate.transfer import b64decode_lenient, payload_bytes, transfer_encoding
 from relay.translate.tree import (
     PARSE_ERRORS,
@@ -81,8 +83,10 @@ class Leaf:
     ctype: str
     path: tuple[int, ...]
     related: bool
-    raw: bytes
+    raw: bytes | bytearray
     root: Message
+    lazy: RawBase64 | None = None
+    """The data left in ``raw`` (``relay.translate.elision``), or None."""
 
 
 def attachment(leaf: Leaf, html: str, index: int) -> dict[str, Any]:
@@ -165,8 +169,11 @@ def _unquoted_name(part: Message) -> str:
     return ""
 
 
-def _data(leaf: Leaf) -> str:
-    """The leaf's content as base64 without line breaks (module doc)."""
+def _data(leaf: Leaf) -> str | RawBase64:
+    """The leaf's content as base64 without line breaks (module doc); a ``RawBase64``
+    (the same characters, not copied) for a leaf whose data was left in the message."""
+    if leaf.lazy is not None:
+        return leaf.lazy
     part = leaf.part
     if leaf.ctype.startswith("message/") or part.is_multipart():
         return base64.b64encode(_message_bytes(leaf)).decode("ascii")
@@ -178,7 +185,7 @@ def _data(leaf: Leaf) -> str:
     return base64.b64encode(payload_bytes(part)).decode("ascii")
 
 
-def _message_bytes(leaf: Leaf) -> bytes:
+def _message_bytes(leaf: Leaf) -> bytes | bytearray:
     """An attached message as received; re-serialised when that cannot be found."""
     entity = entity_bytes(leaf.raw, leaf.root, leaf.path)
     if entity is not None:
@@ -193,7 +200,7 @@ def _message_bytes(leaf: Leaf) -> bytes:
     return _serialised(leaf.part)
 
 
-def _agrees(body: bytes, parsed: list[Message]) -> bool:
+def _agrees(body: bytes | bytearray, parsed: list[Message]) -> bool:
     """Whether raw ``body`` starts with the first header of the parsed message in it."""
     if not parsed:
         return not body.strip()

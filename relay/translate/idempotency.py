@@ -23,7 +23,11 @@ _PREFIX = "relay-"
 
 
 def transaction_keys(
-    message_id: str | None, mail_from: str, rcpt_tos: Sequence[str], raw: bytes, count: int
+    message_id: str | None,
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    raw: bytes | bytearray,
+    count: int,
 ) -> list[str]:
     """``count`` Idempotency-Keys for one transaction's requests (≤ 255 chars each)."""
     base = _stable_base(message_id, mail_from, rcpt_tos, raw) if message_id else _fresh_base()
@@ -32,7 +36,9 @@ def transaction_keys(
     return [f"{base}-{index}" for index in range(count)]
 
 
-def _stable_base(message_id: str, mail_from: str, rcpt_tos: Sequence[str], raw: bytes) -> str:
+def _stable_base(
+    message_id: str, mail_from: str, rcpt_tos: Sequence[str], raw: bytes | bytearray
+) -> str:
     digest = hashlib.sha256()
     for part in (message_id, mail_from.lower(), *sorted({r.lower() for r in rcpt_tos})):
         digest.update(part.encode("utf-8", "surrogatepass"))

@@ -34,11 +34,12 @@ from relay.translate.addresses import (
     usable_recipient,
 )
 from relay.translate.directives import PREFIX, directive_fields
+from relay.translate.elision import ELIDE, ElideAt, Parsed, parse
 from relay.translate.headers import Headers, forwarded
 from relay.translate.hostile import harden
 from relay.translate.parts import EMPTY_BODY, Content
 from relay.translate.repair import mend_raw, mend_tree
-from relay.translate.tree import PARSE_ERRORS, charset, content_type, feed, subparts
+from relay.translate.tree import PARSE_ERRORS, charset, content_type, subparts
 
 __all__ = ["EMPTY_BODY", "Translated", "simple_mailboxes", "translate", "usable_recipient"]
 
@@ -57,21 +58,31 @@ class Translated:
     notices: tuple[str, ...] = ()
 
 
-def translate(raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Translated:
+def translate(
+    raw: bytes | bytearray,
+    mail_from: str,
+    rcpt_tos: Sequence[str],
+    *,
+    elide: ElideAt | None = ELIDE,
+) -> Translated:
     """The API requests for message ``raw`` sent by ``mail_from`` to ``rcpt_tos``.
 
-    Raises ``MessageUnparseable`` (no usable sender or recipient, unreadable message),
-    ``InvalidHeader`` (an ``ahasend-*`` header has an invalid value) or
-    ``MessageEncrypted``; nothing else.
+    In a message over ``elide.message`` bytes, large valid base64 attachments are not copied:
+    their ``data`` is a ``RawBase64`` into ``raw`` (``relay.translate.elision``), which
+    ``relay.translate.wire.serialise`` writes out; the JSON is the same byte for byte
+    (None: always the plain way). Raises ``MessageUnparseable`` (no usable sender or
+    recipient, unreadable message), ``InvalidHeader`` (an ``ahasend-*`` header has an
+    invalid value) or ``MessageEncrypted``; nothing else.
     """
     raw = mend_raw(raw)
-    msg = _parse(raw)
+    parsed = _parse(raw, elide)
+    msg = parsed.msg
     heads = Headers(msg, _text_charset(msg))
     recipients = envelope(rcpt_tos)
     base: dict[str, Any] = {"from": sender(heads, mail_from), "subject": heads.text("subject")}
     if reply_to := first_mailbox(heads, "reply-to"):
         base["reply_to"] = reply_to
-    content = Content.of(msg, raw)
+    content = Content.of(msg, raw, parsed.lazy)
     fields = content.fields()
     base.update(fields)
     if headers := forwarded(heads):
@@ -82,16 +93,16 @@ def translate(raw: bytes, mail_from: str, rcpt_tos: Sequence[str]) -> Translated
     return Translated(payloads, heads.text("message-id") or None, count, tuple(content.notices))
 
 
-def _parse(raw: bytes) -> Message:
+def _parse(raw: bytes | bytearray, elide: ElideAt | None) -> Parsed:
     """The message tree of ``raw``, mended; ``MessageUnparseable`` if the parser gives up."""
     try:
-        msg = feed(raw)
-        mend_tree(msg)
+        parsed = parse(raw, elide)
+        mend_tree(parsed.msg)
     except PARSE_ERRORS as exc:
         raise MessageUnparseable(
             f"MIME structure cannot be parsed ({type(exc).__name__})"
         ) from None
-    return msg
+    return parsed
 
 
 def _text_charset(msg: Message) -> str | None:

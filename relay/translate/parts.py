@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from typing import Any, Final
@@ -48,6 +49,7 @@ from relay.errors import MessageEncrypted, MessageUnparseable
 from relay.translate.attachments import Leaf, attachment, file_name
 from relay.translate.charsets import decode_text
 from relay.translate.headers import scrub
+from relay.translate.rawslice import RawBase64
 from relay.translate.transfer import payload_bytes
 from relay.translate.tree import charset, content_type, disposition, param, subparts
 
@@ -78,8 +80,9 @@ class Piece:
 class Content:
     """The bodies, attachments and notices of a message tree."""
 
-    raw: bytes
+    raw: bytes | bytearray
     root: Message
+    lazy: Mapping[int, RawBase64] = field(default_factory=dict)
     text: str | None = None
     html: str | None = None
     amp: str | None = None
@@ -87,9 +90,12 @@ class Content:
     notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, msg: Message, raw: bytes) -> Content:
-        """Bodies and attachments of ``msg``, parsed from ``raw`` (see the module doc)."""
-        content = cls(raw, msg)
+    def of(
+        cls, msg: Message, raw: bytes | bytearray, lazy: Mapping[int, RawBase64] | None = None
+    ) -> Content:
+        """Bodies and attachments of ``msg``, parsed from ``raw`` (see the module doc);
+        ``lazy``: the leaves whose data stays in ``raw`` (``relay.translate.elision``)."""
+        content = cls(raw, msg, lazy or {})
         try:
             body = content._walk(msg, (), related=False)
         except RecursionError:
@@ -182,7 +188,8 @@ class Content:
         return Piece()
 
     def _add_leaf(self, part: Message, ctype: str, path: tuple[int, ...], related: bool) -> None:
-        self.leaves.append(Leaf(part, ctype, path, related, self.raw, self.root))
+        lazy = self.lazy.get(id(part))
+        self.leaves.append(Leaf(part, ctype, path, related, self.raw, self.root, lazy))
 
 
 def _text(part: Message) -> str:

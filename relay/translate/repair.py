@@ -39,7 +39,7 @@ _BLANK: Final = re.compile(rb"\r?\n|\r")
 _RAW_BOUNDARY: Final = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
 
 
-def mend_raw(raw: bytes) -> bytes:
+def mend_raw(raw: bytes | bytearray) -> bytes | bytearray:
     """``raw`` with a leading BOM removed and its header block mended (module doc)."""
     if raw.startswith(_BOM):
         raw = raw[len(_BOM) :]
@@ -64,7 +64,7 @@ def _kind(line: bytes) -> str:
     return "field" if _FIELD.match(line) else "junk"
 
 
-def _mended(raw: bytes, lines: list[bytes]) -> bytes:
+def _mended(raw: bytes | bytearray, lines: list[bytes]) -> bytes | bytearray:
     """``raw`` with its header block rebuilt from ``lines``, junk lines dropped.
 
     Unchanged unless the block ends with a blank line and each junk line in it is followed

@@ -42,7 +42,7 @@ def payload_bytes(part: Message) -> bytes:
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
-def b64decode_lenient(data: bytes) -> bytes:
+def b64decode_lenient(data: bytes | bytearray) -> bytes:
     """``data`` base64-decoded as a mail client would (see the module doc)."""
     clean = _NOT_BASE64.sub(b"", data)
     body = clean.rstrip(b"=")

@@ -25,6 +25,7 @@ __all__ = [
     "param",
     "raw_header",
     "raw_payload",
+    "single_part_head",
     "subparts",
 ]
 
@@ -62,7 +63,7 @@ _FOLD: Final = re.compile(r"\r?\n|\r")
 _CONTENT_TYPE: Final = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
-def feed(raw: bytes) -> Message:
+def feed(raw: bytes | bytearray) -> Message:
     """``email.message_from_bytes(raw, policy=POLICY)``, fed in chunks.
 
     Same tree (the feed parser is chunk-agnostic and ASCII/surrogateescape decodes byte by
@@ -84,16 +85,27 @@ _HEADER_END: Final = b"\r\n\r\n"
 _COMPOUND: Final = re.compile(rb"^content-type:\s*(?:multipart|message)/", re.I | re.M)
 
 
-def _single_part(raw: bytes) -> Message | None:
+def _single_part(raw: bytes | bytearray) -> Message | None:
     """The tree of a single-part message with CRLF headers, or None for any other.
 
     The feed parser makes the whole rest of a non-multipart, non-``message/*`` message its
     payload, line by line: ~60 % of its work on a small text message. Here only the header
-    block (up to its blank line) is parsed and the body set from the bytes after it, decoded
-    as the parser decodes (ASCII, surrogateescape). None (the full parse) when the headers
-    name a multipart or message type, hold a line ending other than CRLF, or the parser finds
-    anything amiss in them (a defect, a non-header line: a body of its own).
+    block is parsed (``single_part_head``) and the body set from the bytes after it,
+    decoded as the parser decodes (ASCII, surrogateescape).
     """
+    found = single_part_head(raw)
+    if found is None:
+        return None
+    msg, body = found
+    msg.set_payload(raw[body:].decode("ascii", "surrogateescape"))
+    return msg
+
+
+def single_part_head(raw: bytes | bytearray) -> tuple[Message, int] | None:
+    """A single-part message's headers (no payload yet) and where its body starts; None
+    when the headers name a multipart or message type, hold a line ending other than
+    CRLF, or the parser finds anything amiss in them (a defect, a non-header line: a
+    body of its own)."""
     end = raw.find(_HEADER_END)
     if end <= 0:
         return None
@@ -106,8 +118,7 @@ def _single_part(raw: bytes) -> Message | None:
     msg = parser.close()
     if msg.defects or raw_payload(msg) or msg.get_content_maintype() in ("multipart", "message"):
         return None
-    msg.set_payload(raw[end + len(_HEADER_END) :].decode("ascii", "surrogateescape"))
-    return msg
+    return msg, end + len(_HEADER_END)
 
 
 def raw_payload(part: Message) -> Any:

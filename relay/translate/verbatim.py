@@ -26,13 +26,15 @@ _FIELD: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]*:|[ \t]|From ")
 _BLANK: Final = re.compile(rb"\r?\n|\r")
 
 
-def entity_bytes(raw: bytes, root: Message, path: Sequence[int]) -> bytes | None:
+def entity_bytes(
+    raw: bytes | bytearray, root: Message, path: Sequence[int]
+) -> bytes | bytearray | None:
     """The raw bytes of the entity at ``path`` below ``root`` (parsed from ``raw``), or None."""
     part, data = root, raw
     for index in path:
         body = data[body_start(data) :]
         if content_type(part).startswith("message/"):
-            children: list[bytes] = [body]
+            children: list[bytes | bytearray] = [body]
         else:
             children = _children(body, boundary(part))
         parts = subparts(part)
@@ -42,12 +44,12 @@ def entity_bytes(raw: bytes, root: Message, path: Sequence[int]) -> bytes | None
     return data
 
 
-def body_bytes(entity: bytes) -> bytes:
+def body_bytes(entity: bytes | bytearray) -> bytes | bytearray:
     """The body of a raw entity: what follows its header block."""
     return entity[body_start(entity) :]
 
 
-def body_start(entity: bytes) -> int:
+def body_start(entity: bytes | bytearray) -> int:
     """Where the body of a raw entity starts (the stdlib's end-of-headers rule)."""
     offset = 0
     for number, line in enumerate(_LINE.finditer(entity)):
@@ -62,7 +64,7 @@ def body_start(entity: bytes) -> int:
     return offset
 
 
-def _children(body: bytes, boundary: str | None) -> list[bytes]:
+def _children(body: bytes | bytearray, boundary: str | None) -> list[bytes | bytearray]:
     """The raw sub-entities of a multipart body split at ``boundary``'s delimiter lines."""
     if not boundary:
         return []
@@ -71,7 +73,7 @@ def _children(body: bytes, boundary: str | None) -> list[bytes]:
         + rb"(--)?[ \t]*(?:\r\n|\n|\r|$)",
         re.MULTILINE,
     )  # fmt: skip
-    children: list[bytes] = []
+    children: list[bytes | bytearray] = []
     start: int | None = None
     for match in delimiter.finditer(body):
         if start is not None:
