@@ -36,7 +36,9 @@ _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
 _FIELD: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]+:|[ \t]|From ")
 _SPACED_FIELD: Final = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _BLANK: Final = re.compile(rb"\r?\n|\r")
-_CLEAN_HEAD: Final = re.compile(rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+\r\n")
+_CLEAN_HEAD: Final = re.compile(
+    rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+\r\n"
+)
 """A header block of ``name:`` fields (and their continuation lines), CRLF, then the blank
 line: what ``mend_raw`` leaves as it is, recognised in one C-speed match."""
 _RAW_BOUNDARY: Final = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
