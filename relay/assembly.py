@@ -37,7 +37,7 @@ from relay.config import Settings, environment_variable
 from relay.delivery.api import MAX_CONNECTIONS, AhaSendClient
 from relay.delivery.bounce import Bouncer
 from relay.delivery.circuit import BreakerSender, CircuitBreaker
-from relay.delivery.dispatch import Dispatcher
+from relay.delivery.dispatch import Dispatcher, GraceOver
 from relay.delivery.events import NO_EVENTS, DeliveryEvents
 from relay.delivery.pacing import PacedSender, Pacer, TokenBucket
 from relay.delivery.pacing_shared import SharedBuckets, TokenStore
@@ -85,7 +85,7 @@ class Relay:
     """Set at shutdown: every route's in-transaction retries end (``RetryingSender``)."""
     client: Sender | None
     """The global key's API client (None without a global key); read at start-up."""
-    grace_over: asyncio.Event
+    grace_over: GraceOver
     """Set when the shutdown grace period ends: API calls still running are abandoned
     (spooled, or 421) by the ``Dispatcher``."""
 
@@ -118,7 +118,7 @@ async def assemble(
         guard, on_auth_failure=metrics.auth_failures.inc, on_refusal=metrics.refused
     )
     metrics.watch_readiness(lambda: readiness(listening(), settings.relay_dry_run, metrics)[0])
-    stop_retrying, grace_over = asyncio.Event(), asyncio.Event()
+    stop_retrying, grace_over = asyncio.Event(), GraceOver()
     client = None if _global_key_unset(settings, sender) else _client(settings, sender, metrics)
     router = build_router(settings, guard, client, metrics, stop_retrying, buckets=buckets)
     guard = _with_tenant_networks(guard, router)

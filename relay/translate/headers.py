@@ -91,6 +91,8 @@ _JOINED: Final = frozenset({"keywords"})
 
 def scrub(text: str) -> str:
     """``text`` with lone surrogates (undecodable bytes) replaced by U+FFFD."""
+    if text.isascii():  # the usual case, checked in C: no surrogate can be there
+        return text
     return _SURROGATES.sub("\ufffd", text) if _SURROGATES.search(text) else text
 
 

@@ -36,6 +36,11 @@ _LINE: Final = re.compile(rb"[^\r\n]*(?:\r\n|\n|\r)?")
 _FIELD: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]+:|[ \t]|From ")
 _SPACED_FIELD: Final = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]+:")
 _BLANK: Final = re.compile(rb"\r?\n|\r")
+_CLEAN_HEAD: Final = re.compile(
+    rb"(?:[\x21-\x39\x3b-\x7e]+:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*)+\r\n"
+)
+"""A header block of ``name:`` fields (and their continuation lines), CRLF, then the blank
+line: what ``mend_raw`` leaves as it is, recognised in one C-speed match."""
 _RAW_BOUNDARY: Final = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
 
 
@@ -45,6 +50,8 @@ def mend_raw(raw: bytes | bytearray) -> bytes | bytearray:
         raw = raw[len(_BOM) :]
     if raw[:1] in (b" ", b"\t") and _FIELD.match(raw.lstrip(b" \t")):
         raw = raw.lstrip(b" \t")  # " From: ..." on the first line
+    if _CLEAN_HEAD.match(raw):
+        return raw  # the usual case (the line-by-line scan below finds the same)
     scanned = raw[:_HEADER_SCAN]
     for match in _LINE.finditer(scanned):  # lazily: the usual header block is short
         kind = _kind(match.group())
