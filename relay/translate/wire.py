@@ -85,19 +85,20 @@ def serialise(payload: dict[str, Any], dumps: Dumps = DUMPS) -> Body:
     json, is the fallback): the bytes come out directly: same output, ~30x less CPU, and
     no intermediate ``str``.
     """
-    nonce = secrets.token_hex(8)
     found: list[RawBase64] = []
+    nonce: list[str] = []  # drawn at the first RawBase64: a small message needs none
 
     def placeholder(value: Any) -> str:
         if not isinstance(value, RawBase64):
             raise TypeError(f"{type(value).__name__} is not JSON serializable")
+        nonce[:] = nonce or [secrets.token_hex(8)]
         found.append(value)
-        return f"{_MARK}-{nonce}-{len(found) - 1}"
+        return f"{_MARK}-{nonce[0]}-{len(found) - 1}"
 
     skeleton = dumps(payload, placeholder)
     if not found:
         return skeleton
-    return StreamedBody(tuple(_pieces(skeleton, nonce, found)))
+    return StreamedBody(tuple(_pieces(skeleton, nonce[0], found)))
 
 
 def _pieces(skeleton: bytes, nonce: str, found: list[RawBase64]) -> Iterator[bytes | RawBase64]:
