@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import math
 
 import pytest
 
+from relay.config import Settings
 from relay.delivery.pacing import PACING_TICK, PacedSender, TokenBucket, until_tick
 from relay.delivery.sender import Delivery
 from tests.fakes import ACCEPTED, FakeTime, ScriptedSender
@@ -87,7 +89,8 @@ async def test_waiters_wake_together_on_the_next_tick() -> None:
     for _ in range(9):
         wait = bucket.reserve()
         wakes.append(time.now + until_tick(time.now, wait, PACING_TICK))
-    assert wakes == pytest.approx([1000.1] * 9)
+    first = math.ceil(1000.1 / PACING_TICK) * PACING_TICK  # the tick after the last slot
+    assert wakes == pytest.approx([first] * 9)
 
 
 @pytest.mark.parametrize("now", [0.0, 1000.0, 1000.05, 12345.678])
@@ -111,6 +114,15 @@ async def test_paced_sender_sleeps_until_the_tick_after_its_slot() -> None:
     bucket = TokenBucket(rate=100, burst=1, clock=time.clock)
     paced = PacedSender(inner, bucket, max_concurrency=10, sleep=time.sleep)
     await paced.send(b"{}", "k0")
-    await paced.send(b"{}", "k1")  # its slot is at +0.01: it wakes at the tick, +0.1
-    assert time.sleeps == pytest.approx([0.1])
+    await paced.send(b"{}", "k1")  # its slot is at +0.01: it wakes at the next tick
+    assert time.sleeps == pytest.approx([PACING_TICK])
     assert inner.keys == ["k0", "k1"]
+
+
+def test_at_the_default_pace_the_ticks_stay_inside_ahasends_limit() -> None:
+    """A send is at most one tick late: in any L seconds at most burst + rate * (L + tick)
+    go out, which must stay within AhaSend's 200 + 100 L (burst 200, 100/s) for every L."""
+    fields = Settings.model_fields
+    rate, burst = fields["relay_api_rate"].default, fields["relay_api_burst"].default
+    for length in (0.0, 0.05, 0.2, 1.0, 10.0):
+        assert burst + rate * (length + PACING_TICK) <= 200 + 100 * length

@@ -8,14 +8,19 @@ in-transaction retry deadline bounds that wait; past it the message is spooled).
 ``PacedSender`` also caps concurrent API calls (``RELAY_API_CONCURRENCY``) so memory and
 sockets stay bounded whatever the number of SMTP sessions.
 
-Waiters wake on ticks (``PACING_TICK``, 100 ms of the bucket's clock), not each at its own
+Waiters wake on ticks (``PACING_TICK``, 200 ms of the bucket's clock), not each at its own
 slot: a paced relay then works in batches, like a busy one, instead of waking its event
 loop for every single message (one loop wake-up, cold caches and one lone write per
 request, per SMTP reply and per next command). Measured at the default 90/s with 50
 sessions, waking each waiter at its own slot cost 1.7-1.8x the CPU per message of the
-unpaced relay; on ticks it costs the same (bench/README.md). Waking on the tick *after* a
-slot never sends earlier than the bucket allows, so the account's limit holds; a waiting
-message waits at most one tick longer.
+unpaced relay. On 100 ms ticks (about 9 messages a batch) it still cost 1.2-1.5x on a
+quiet machine, where every batch meets cold caches; 200-500 ms ticks (18-45 a batch) cost
+less in side-by-side runs (bench/README.md). Waking on the tick *after* a slot never sends
+earlier than the bucket allows; a send is at most one tick late, so over any interval of
+L seconds at most ``burst + rate * (L + tick)`` calls go out: at the defaults (90/s,
+burst 180) 198 + 90 L, inside AhaSend's 200 + 100 L for every L (a tick over 0.22 s
+would not be). A waiting message waits at most
+one tick longer.
 
 The bucket is used from one event loop only, so it needs no lock. Its clock is injected.
 ``PacedSender`` takes any ``Pacer``: this process's ``TokenBucket``, or a bucket shared
@@ -36,7 +41,7 @@ from relay.translate.wire import Body
 
 __all__ = ["PACING_TICK", "PacedSender", "Pacer", "Slot", "TokenBucket", "until_tick"]
 
-PACING_TICK = 0.1
+PACING_TICK = 0.2
 """Seconds: waiters for a token wake together on multiples of this (see the module doc)."""
 
 
