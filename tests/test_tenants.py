@@ -613,14 +613,19 @@ def test_a_rotated_keys_old_client_closes_once_its_request_in_flight_is_answered
     [crm] = apps(1)
     standin.grant(crm.key, crm.account)
     path = write_tenants(tmp_path, [tenant_table(tmp_path, crm)])
-    standin.script(Scripted(202, delay=6.0))
+    standin.script(Scripted(202, delay=3.0))  # under the relay's 5 s API timeout
     with running_relay(relay_settings(standin, certs, tmp_path, path)) as relay:
         assert relay.server is not None
         router = relay.server.relay.router
         assert isinstance(router, TenantRouter)
         with ThreadPoolExecutor(1) as pool:
             in_flight = pool.submit(send, relay.port, "crm")
-            standin.wait_for(1, timeout=10)  # the request is at the stand-in, unanswered
+            # The request is at the stand-in, unanswered: it took its scripted answer on
+            # arrival (wait_for would return only once the answer is sent, 3 s later).
+            deadline = time.monotonic() + 10
+            while standin.pending_script:
+                assert time.monotonic() < deadline, "the request never reached the stand-in"
+                time.sleep(0.01)
             rotated = App(crm.name, f"aha-sk-crm-rotated-{uuid.uuid4().hex}", crm.account)
             standin.grant(rotated.key, rotated.account)
             write_tenants(tmp_path, [tenant_table(tmp_path, rotated)])
