@@ -17,7 +17,7 @@ unpaced relay. On 100 ms ticks (about 9 messages a batch) it still cost 1.2-1.5x
 quiet machine, where every batch meets cold caches; 200-500 ms ticks (18-45 a batch) cost
 less in side-by-side runs (bench/README.md). Waking on the tick *after* a slot never sends
 earlier than the bucket allows; a send is at most one tick late, so over any interval of
-L seconds at most ``burst + rate * (L + tick)`` calls go out: at the defaults (90/s,
+L seconds at most ``burst + rate * (L + tick)`` calls go out (``most_sent``): at the defaults (90/s,
 burst 180) 198 + 90 L, inside AhaSend's 200 + 100 L for every L (a tick over 0.22 s
 would not be). A waiting message waits at most
 one tick longer.
@@ -39,7 +39,15 @@ from typing import Protocol
 from relay.delivery.sender import Delivery, Sender
 from relay.translate.wire import Body
 
-__all__ = ["PACING_TICK", "PacedSender", "Pacer", "Slot", "TokenBucket", "until_tick"]
+__all__ = [
+    "PACING_TICK",
+    "PacedSender",
+    "Pacer",
+    "Slot",
+    "TokenBucket",
+    "most_sent",
+    "until_tick",
+]
 
 PACING_TICK = 0.2
 """Seconds: waiters for a token wake together on multiples of this (see the module doc)."""
@@ -137,6 +145,12 @@ class PacedSender:
         except asyncio.CancelledError:
             slot.give_back()
             raise
+
+
+def most_sent(seconds: float, rate: float, burst: float, tick: float = PACING_TICK) -> float:
+    """The most calls a ``PacedSender`` at ``rate``/``burst`` sends in any ``seconds``-long
+    interval: each is at most one ``tick`` late, so ``burst + rate * (seconds + tick)``."""
+    return burst + rate * (seconds + tick)
 
 
 def until_tick(now: float, wait: float, tick: float) -> float:

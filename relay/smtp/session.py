@@ -390,9 +390,7 @@ class RelaySession(SMTP):
             assert self.envelope is not None
             # A bytearray, not copied to bytes (relay.smtp.dataread): every reader of the
             # content (handler, translator, Idempotency-Key) takes either.
-            content = cast(bytes, result.content)
-            self.envelope.content = self.envelope.original_content = content
-            del content
+            self.envelope.content = self.envelope.original_content = cast(bytes, result.content)
             del result  # the envelope holds the only reference: the handler can free it early
             await self._deliver()
         finally:
