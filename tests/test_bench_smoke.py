@@ -26,12 +26,13 @@ def test_quick_bench_runs_every_scenario_without_errors(tmp_path: Path) -> None:
     for key in ("small", "latency", "mix"):
         assert {(key, "upstream"), (key, "smtp"), (key, "relay")} <= keys
     assert ("big", "relay") in keys
+    assert ("big-together", "relay") in keys  # several big messages at once (issue 15)
     assert ("small", "relay,") in keys  # the relay at its default pacing, side by side
     # Each relay's pacing as it logged it at start: lifted for "relay", the default else.
     assert results["pacing"] == {"relay_api_rate": 1_000_000.0, "paced_api_rate": 90.0}
     assert all(row["errors"] == 0 and row["sent"] > 0 for row in results["rows"])
     assert len(results["growth"]["batches"]) == 10
-    assert len(results["verdicts"]) == 9
+    assert len(results["verdicts"]) == 10
     assert "| relay |" in done.stdout
 
 
