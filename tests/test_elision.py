@@ -142,12 +142,24 @@ def _two_blank_lines() -> bytes:
     return _manual(PDF, _lines(os.urandom(BIG)) + b"\r\n")
 
 
+def _text_leaf(ctype: str, disposition: str | None = None) -> bytes:
+    """A message whose second part is a large base64 ``ctype`` leaf (read as body text
+    only when inline text/plain, text/html or AMP: ``parts.read_as_text``)."""
+    head = f"Content-Type: {ctype}; charset=utf-8\r\nContent-Transfer-Encoding: base64"
+    if disposition:
+        head += f"\r\nContent-Disposition: {disposition}"
+    return _manual(head, _lines(b"a line of text, \xc3\xa9\n" * (BIG // 18)))
+
+
 LAZY = {
     "attachment": lambda: _attached().as_bytes(policy=SMTP),
     "two attachments": lambda: _two().as_bytes(policy=SMTP),
     "single part": _single_part,
     "blank line before the boundary": _blank_before_boundary,
     "right before the boundary": _next_to_boundary,
+    "text/plain attachment": lambda: _text_leaf("text/plain", "attachment"),
+    "text/csv, no disposition": lambda: _text_leaf("text/csv"),
+    "text/html with a file name": lambda: _text_leaf('text/html; name="a.html"'),
     "in a multipart/related": lambda: _manual(
         PDF + "\r\nContent-ID: <i>", _lines(b"x" * BIG), outer="related"
     ),
@@ -155,11 +167,9 @@ LAZY = {
 PLAIN = {
     "in a message/rfc822": _in_rfc822,
     "in a multipart/signed": _signed,
-    "text/plain base64": lambda: _manual(
-        "Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n"
-        "Content-Disposition: attachment",
-        _lines(b"a line of text\n" * (BIG // 15)),
-    ),
+    "inline text/plain base64 (the body)": lambda: _text_leaf("text/plain"),
+    "inline text/html base64 (the body)": lambda: _text_leaf("text/html", "inline"),
+    "inline AMP base64": lambda: _text_leaf("text/x-amp-html"),
     "invalid base64 length": _bad_length,
     "'=' in the middle": _equals_inside,
     "two blank lines after it": _two_blank_lines,

@@ -14,11 +14,13 @@ the parser drops before a boundary).
 After the parse each placeholder is put back (``_settle``) so that the tree is the one the
 plain parse gives, except in a leaf that is safe to leave by reference: its payload is
 exactly one placeholder, it is base64 (``Content-Transfer-Encoding``), its base64 is valid
-(what ``relay.translate.attachments`` passes on as it is), it is not text, ``message/*`` or
-multipart, has no parse defect, and no ``message/*`` or ``multipart/signed`` is above it
-(their bytes are used whole). Such a leaf keeps the token as payload and its data is a
-``RawBase64`` into ``raw`` (``Parsed.lazy``, by ``id`` of the part). Smaller messages take
-the plain parse: same tree, same CPU as before.
+(what ``relay.translate.attachments`` passes on as it is), it is neither ``message/*`` nor
+multipart nor a leaf that may be read as body text (``parts.read_as_text``: an inline
+text/plain, text/html or AMP leaf; a text attachment such as a CSV report is safe), it has
+no parse defect, and no ``message/*`` or ``multipart/signed`` is above it (their bytes are
+used whole). Such a leaf keeps the token as payload and its data is a ``RawBase64`` into
+``raw`` (``Parsed.lazy``, by ``id`` of the part). Smaller messages take the plain parse:
+same tree, same CPU as before.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Final
 
+from relay.translate.parts import read_as_text
 from relay.translate.rawslice import RawBase64
 from relay.translate.tree import (
     POLICY,
@@ -151,7 +154,8 @@ class _Elided:
         match = self._find.fullmatch(payload.removesuffix(_CRLF))
         if match is None or raw_header(part, "content-transfer-encoding").lower() != "base64":
             return None
-        if content_type(part).startswith(("text/", "message/", "multipart/")):
+        ctype = content_type(part)
+        if ctype.startswith(("message/", "multipart/")) or read_as_text(part, ctype):
             return None
         start, end = self._runs[int(match.group(1))]
         return RawBase64(self._raw, start, end) if _valid(self._raw, start, end) else None

@@ -53,10 +53,12 @@ from relay.translate.rawslice import RawBase64
 from relay.translate.transfer import payload_bytes
 from relay.translate.tree import charset, content_type, disposition, param, subparts
 
-__all__ = ["EMPTY_BODY", "Content"]
+__all__ = ["BODY_TYPES", "EMPTY_BODY", "Content", "is_inline", "read_as_text"]
 
 EMPTY_BODY: Final = "\n"
 """``text_content`` of a message with no text or HTML body: the API requires one of them."""
+BODY_TYPES: Final = frozenset({"text/plain", "text/html", "text/x-amp-html"})
+"""The leaf types an inline leaf of which is read as body text."""
 
 SIGNATURE_REMOVED: Final = "signature_removed"
 _SIGNATURES: Final = frozenset(
@@ -174,11 +176,10 @@ class Content:
 
     def _leaf(self, part: Message, ctype: str, path: tuple[int, ...], related: bool) -> Piece:
         """A leaf: body text when it is inline text, else a file (module doc)."""
-        kind = disposition(part)
-        inline = kind == "inline" or (kind != "attachment" and not file_name(part))
+        inline = is_inline(part)
         if ctype in _PKCS7_MIME and disposition(part) != "attachment":
             raise MessageEncrypted(f"S/MIME {_smime_kind(part)} ({ctype})")
-        if inline and ctype in ("text/plain", "text/html"):
+        if inline and ctype in ("text/plain", "text/html"):  # BODY_TYPES but AMP
             text = _text(part)
             return Piece(text=text) if ctype == "text/plain" else Piece(html=text)
         if inline and ctype == "text/x-amp-html" and self.amp is None:
@@ -190,6 +191,19 @@ class Content:
     def _add_leaf(self, part: Message, ctype: str, path: tuple[int, ...], related: bool) -> None:
         lazy = self.lazy.get(id(part))
         self.leaves.append(Leaf(part, ctype, path, related, self.raw, self.root, lazy))
+
+
+def is_inline(part: Message) -> bool:
+    """Whether a leaf is shown in place: ``Content-Disposition: inline``, or neither
+    ``attachment`` nor a file name."""
+    kind = disposition(part)
+    return kind == "inline" or (kind != "attachment" and not file_name(part))
+
+
+def read_as_text(part: Message, ctype: str) -> bool:
+    """Whether ``Content`` may decode the leaf's data as body text: an inline text/plain,
+    text/html or AMP leaf. Every other leaf's data is only passed on as a file (base64)."""
+    return ctype in BODY_TYPES and is_inline(part)
 
 
 def _text(part: Message) -> str:
