@@ -28,6 +28,8 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from relay.translate.tree import Raw
+
 __all__ = ["DataOutcome", "DataResult", "read_data"]
 
 _DOT_LINE = b".\r\n"
@@ -46,7 +48,7 @@ class DataResult:
     """The unstuffed message (empty unless OK) and how reading it went."""
 
     outcome: DataOutcome
-    content: bytes | bytearray = b""
+    content: Raw = b""
 
 
 def _take_any(size: int) -> bool:
@@ -104,7 +106,7 @@ def _assemble(buf: bytearray, line_limit: int) -> DataResult:
     return DataResult(DataOutcome.OK, buf)
 
 
-def _has_long_line(data: bytes | bytearray, line_limit: int) -> bool:
+def _has_long_line(data: Raw, line_limit: int) -> bool:
     """True when a line of ``data`` (CRLF-terminated) is longer than ``line_limit``."""
     start = 0
     while start < len(data):

@@ -42,6 +42,7 @@ from relay.smtp.replies import (
 )
 from relay.translate.idempotency import transaction_keys
 from relay.translate.message import Translated, translate, usable_recipient
+from relay.translate.tree import Raw
 from relay.translate.wire import serialise
 
 __all__ = ["RelayHandler", "request_id"]
@@ -127,7 +128,7 @@ class RelayHandler:
 
     async def _deliver(self, server: Any, session: Any, envelope: Any) -> str:
         started, record = self._clock(), _Record()
-        raw: bytes | bytearray = envelope.content
+        raw: Raw = envelope.content
         record.add(mail_from=envelope.mail_from, to=list(envelope.rcpt_tos),
                    rcpt_count=len(envelope.rcpt_tos), size=len(raw))  # fmt: skip
         tenant = self._tenant(server, session)
@@ -208,9 +209,7 @@ class RelayHandler:
             payloads = self._sender_policy.vet(payloads, domains)
         return with_payloads(translated, [apply_tenant(p, tenant) for p in payloads])
 
-    async def _translate(
-        self, raw: bytes | bytearray, mail_from: str, rcpt_tos: list[str]
-    ) -> Translated:
+    async def _translate(self, raw: Raw, mail_from: str, rcpt_tos: list[str]) -> Translated:
         if len(raw) > OFFLOAD_SIZE:
             return await asyncio.to_thread(translate, raw, mail_from, rcpt_tos)
         return translate(raw, mail_from, rcpt_tos)

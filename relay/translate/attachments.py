@@ -44,6 +44,7 @@ from relay.translate.rawslice import RawBase64
 from relay.translate.transfer import b64decode_lenient, payload_bytes, transfer_encoding
 from relay.translate.tree import (
     PARSE_ERRORS,
+    Raw,
     disposition,
     raw_header,
     raw_payload,
@@ -84,7 +85,7 @@ class Leaf:
     ctype: str
     path: tuple[int, ...]
     related: bool
-    raw: bytes | bytearray
+    raw: Raw
     root: Message
     lazy: RawBase64 | None = None
     """The data left in ``raw`` (``relay.translate.elision``), or None."""
@@ -195,7 +196,7 @@ def _data(leaf: Leaf) -> str | RawBase64:
     return base64.b64encode(payload_bytes(part)).decode("ascii")
 
 
-def _message_bytes(leaf: Leaf) -> bytes | bytearray:
+def _message_bytes(leaf: Leaf) -> Raw:
     """An attached message as received; re-serialised when that cannot be found."""
     entity = entity_bytes(leaf.raw, leaf.root, leaf.path)
     if entity is not None:
@@ -210,7 +211,7 @@ def _message_bytes(leaf: Leaf) -> bytes | bytearray:
     return _serialised(leaf.part)
 
 
-def _agrees(body: bytes | bytearray, parsed: list[Message]) -> bool:
+def _agrees(body: Raw, parsed: list[Message]) -> bool:
     """Whether raw ``body`` starts with the first header of the parsed message in it."""
     if not parsed:
         return not body.strip()

@@ -37,6 +37,7 @@ from relay.translate.parts import read_as_text
 from relay.translate.rawslice import RawBase64
 from relay.translate.tree import (
     POLICY,
+    Raw,
     content_type,
     feed,
     raw_header,
@@ -75,7 +76,7 @@ class Parsed:
     lazy: dict[int, RawBase64] = field(default_factory=dict)
 
 
-def parse(raw: bytes | bytearray, elide: ElideAt | None = ELIDE) -> Parsed:
+def parse(raw: Raw, elide: ElideAt | None = ELIDE) -> Parsed:
     """The tree of ``raw`` (``tree.feed``'s), large base64 leaves by reference (module doc).
 
     ``elide`` None parses every message the plain way (for tests comparing both).
@@ -88,7 +89,7 @@ def parse(raw: bytes | bytearray, elide: ElideAt | None = ELIDE) -> Parsed:
     return Parsed(msg, elided.settle(msg))
 
 
-def _runs(raw: bytes | bytearray, least: int) -> list[tuple[int, int]]:
+def _runs(raw: Raw, least: int) -> list[tuple[int, int]]:
     """The (start, end) of each run of base64 lines at least ``least`` bytes long."""
     return [m.span() for m in _RUN.finditer(raw) if m.end() - m.start() >= least]
 
@@ -96,7 +97,7 @@ def _runs(raw: bytes | bytearray, least: int) -> list[tuple[int, int]]:
 class _Elided:
     """``raw`` with its runs replaced by placeholder lines, and the way back."""
 
-    def __init__(self, raw: bytes | bytearray, runs: list[tuple[int, int]]) -> None:
+    def __init__(self, raw: Raw, runs: list[tuple[int, int]]) -> None:
         self._raw, self._runs = raw, runs
         self._token = f"{_PREFIX}{secrets.token_hex(8)}N"
         self._find = re.compile(re.escape(self._token) + r"(\d+)")
@@ -173,7 +174,7 @@ class _Elided:
         return self._raw[start : end - len(_CRLF)].decode("ascii")
 
 
-def _valid(raw: bytes | bytearray, start: int, end: int) -> bool:
+def _valid(raw: Raw, start: int, end: int) -> bool:
     """Whether the run, without CR/LF, is base64 that is passed on as it is: a length
     that is a multiple of 4, ``=`` only as its last one or two characters."""
     breaks = raw.count(b"\n", start, end)

@@ -17,6 +17,8 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 
+from relay.translate.tree import Raw
+
 __all__ = ["transaction_keys"]
 
 _PREFIX = "relay-"
@@ -26,7 +28,7 @@ def transaction_keys(
     message_id: str | None,
     mail_from: str,
     rcpt_tos: Sequence[str],
-    raw: bytes | bytearray,
+    raw: Raw,
     count: int,
 ) -> list[str]:
     """``count`` Idempotency-Keys for one transaction's requests (≤ 255 chars each)."""
@@ -36,9 +38,7 @@ def transaction_keys(
     return [f"{base}-{index}" for index in range(count)]
 
 
-def _stable_base(
-    message_id: str, mail_from: str, rcpt_tos: Sequence[str], raw: bytes | bytearray
-) -> str:
+def _stable_base(message_id: str, mail_from: str, rcpt_tos: Sequence[str], raw: Raw) -> str:
     digest = hashlib.sha256()
     for part in (message_id, mail_from.lower(), *sorted({r.lower() for r in rcpt_tos})):
         digest.update(part.encode("utf-8", "surrogatepass"))

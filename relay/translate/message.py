@@ -39,7 +39,7 @@ from relay.translate.headers import Headers, forwarded
 from relay.translate.hostile import harden
 from relay.translate.parts import EMPTY_BODY, Content
 from relay.translate.repair import mend_raw, mend_tree
-from relay.translate.tree import PARSE_ERRORS, charset, content_type, subparts
+from relay.translate.tree import PARSE_ERRORS, Raw, charset, content_type, subparts
 
 __all__ = ["EMPTY_BODY", "Translated", "simple_mailboxes", "translate", "usable_recipient"]
 
@@ -59,7 +59,7 @@ class Translated:
 
 
 def translate(
-    raw: bytes | bytearray,
+    raw: Raw,
     mail_from: str,
     rcpt_tos: Sequence[str],
     *,
@@ -93,7 +93,7 @@ def translate(
     return Translated(payloads, heads.text("message-id") or None, count, tuple(content.notices))
 
 
-def _parse(raw: bytes | bytearray, elide: ElideAt | None) -> Parsed:
+def _parse(raw: Raw, elide: ElideAt | None) -> Parsed:
     """The message tree of ``raw``, mended; ``MessageUnparseable`` if the parser gives up."""
     try:
         parsed = parse(raw, elide)

@@ -51,7 +51,7 @@ from relay.translate.charsets import decode_text
 from relay.translate.headers import scrub
 from relay.translate.rawslice import RawBase64
 from relay.translate.transfer import payload_bytes
-from relay.translate.tree import charset, content_type, disposition, param, subparts
+from relay.translate.tree import Raw, charset, content_type, disposition, param, subparts
 
 __all__ = ["BODY_TYPES", "EMPTY_BODY", "Content", "is_inline", "read_as_text"]
 
@@ -82,7 +82,7 @@ class Piece:
 class Content:
     """The bodies, attachments and notices of a message tree."""
 
-    raw: bytes | bytearray
+    raw: Raw
     root: Message
     lazy: Mapping[int, RawBase64] = field(default_factory=dict)
     text: str | None = None
@@ -92,9 +92,7 @@ class Content:
     notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(
-        cls, msg: Message, raw: bytes | bytearray, lazy: Mapping[int, RawBase64] | None = None
-    ) -> Content:
+    def of(cls, msg: Message, raw: Raw, lazy: Mapping[int, RawBase64] | None = None) -> Content:
         """Bodies and attachments of ``msg``, parsed from ``raw`` (see the module doc);
         ``lazy``: the leaves whose data stays in ``raw`` (``relay.translate.elision``)."""
         content = cls(raw, msg, lazy or {})

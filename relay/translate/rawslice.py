@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Final
 
+from relay.translate.tree import Raw
+
 __all__ = ["CHUNK", "RawBase64"]
 
 CHUNK: Final = 64 * 1024
@@ -29,7 +31,7 @@ class RawBase64:
 
     __slots__ = ("end", "raw", "start")
 
-    def __init__(self, raw: bytes | bytearray, start: int, end: int) -> None:
+    def __init__(self, raw: Raw, start: int, end: int) -> None:
         self.raw, self.start, self.end = raw, start, end
 
     def __len__(self) -> int:

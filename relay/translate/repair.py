@@ -26,7 +26,7 @@ import re
 from email.message import Message
 from typing import Final
 
-from relay.translate.tree import boundary, content_type, feed, raw_header, raw_payload
+from relay.translate.tree import Raw, boundary, content_type, feed, raw_header, raw_payload
 
 __all__ = ["mend_raw", "mend_tree"]
 
@@ -44,7 +44,7 @@ line: what ``mend_raw`` leaves as it is, recognised in one C-speed match."""
 _RAW_BOUNDARY: Final = re.compile(r'boundary\s*=\s*(?:"([^"]+)"|([^\s;"]+))', re.IGNORECASE)
 
 
-def mend_raw(raw: bytes | bytearray) -> bytes | bytearray:
+def mend_raw(raw: Raw) -> Raw:
     """``raw`` with a leading BOM removed and its header block mended (module doc)."""
     if raw.startswith(_BOM):
         raw = raw[len(_BOM) :]
@@ -71,7 +71,7 @@ def _kind(line: bytes) -> str:
     return "field" if _FIELD.match(line) else "junk"
 
 
-def _mended(raw: bytes | bytearray, lines: list[bytes]) -> bytes | bytearray:
+def _mended(raw: Raw, lines: list[bytes]) -> Raw:
     """``raw`` with its header block rebuilt from ``lines``, junk lines dropped.
 
     Unchanged unless the block ends with a blank line and each junk line in it is followed

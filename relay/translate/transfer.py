@@ -15,7 +15,7 @@ import re
 from email.message import Message
 from typing import Final
 
-from relay.translate.tree import PARSE_ERRORS, raw_header, raw_payload
+from relay.translate.tree import PARSE_ERRORS, Raw, raw_header, raw_payload
 
 __all__ = ["b64decode_lenient", "payload_bytes", "transfer_encoding"]
 
@@ -42,7 +42,7 @@ def payload_bytes(part: Message) -> bytes:
     return raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else b""
 
 
-def b64decode_lenient(data: bytes | bytearray) -> bytes:
+def b64decode_lenient(data: Raw) -> bytes:
     """``data`` base64-decoded as a mail client would (see the module doc)."""
     clean = _NOT_BASE64.sub(b"", data)
     body = clean.rstrip(b"=")

@@ -12,11 +12,12 @@ import email.policy
 import email.utils
 import re
 from email.message import Message
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 __all__ = [
     "PARSE_ERRORS",
     "POLICY",
+    "Raw",
     "boundary",
     "charset",
     "content_type",
@@ -28,6 +29,10 @@ __all__ = [
     "single_part_head",
     "subparts",
 ]
+
+Raw: TypeAlias = bytes | bytearray
+"""A message's bytes as received: DATA's ``bytearray``, handed on without a ``bytes`` copy,
+or ``bytes`` (the spool, the CLI, tests). Slices of it are of the same type."""
 
 PARSE_ERRORS: Final = (
     email.errors.MessageError,
@@ -63,7 +68,7 @@ _FOLD: Final = re.compile(r"\r?\n|\r")
 _CONTENT_TYPE: Final = re.compile(r"[a-z0-9!#$&^_.+-]+/[a-z0-9!#$&^_.+-]+")
 
 
-def feed(raw: bytes | bytearray) -> Message:
+def feed(raw: Raw) -> Message:
     """``email.message_from_bytes(raw, policy=POLICY)``, fed in chunks.
 
     Same tree (the feed parser is chunk-agnostic and ASCII/surrogateescape decodes byte by
@@ -85,7 +90,7 @@ _HEADER_END: Final = b"\r\n\r\n"
 _COMPOUND: Final = re.compile(rb"^content-type:\s*(?:multipart|message)/", re.I | re.M)
 
 
-def _single_part(raw: bytes | bytearray) -> Message | None:
+def _single_part(raw: Raw) -> Message | None:
     """The tree of a single-part message with CRLF headers, or None for any other.
 
     The feed parser makes the whole rest of a non-multipart, non-``message/*`` message its
@@ -101,7 +106,7 @@ def _single_part(raw: bytes | bytearray) -> Message | None:
     return msg
 
 
-def single_part_head(raw: bytes | bytearray) -> tuple[Message, int] | None:
+def single_part_head(raw: Raw) -> tuple[Message, int] | None:
     """A single-part message's headers (no payload yet) and where its body starts; None
     when the headers name a multipart or message type, hold a line ending other than
     CRLF, or the parser finds anything amiss in them (a defect, a non-header line: a

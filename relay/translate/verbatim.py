@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from email.message import Message
 from typing import Final
 
-from relay.translate.tree import boundary, content_type, subparts
+from relay.translate.tree import Raw, boundary, content_type, subparts
 
 __all__ = ["body_bytes", "entity_bytes"]
 
@@ -26,15 +26,13 @@ _FIELD: Final = re.compile(rb"[\x21-\x39\x3b-\x7e]*:|[ \t]|From ")
 _BLANK: Final = re.compile(rb"\r?\n|\r")
 
 
-def entity_bytes(
-    raw: bytes | bytearray, root: Message, path: Sequence[int]
-) -> bytes | bytearray | None:
+def entity_bytes(raw: Raw, root: Message, path: Sequence[int]) -> Raw | None:
     """The raw bytes of the entity at ``path`` below ``root`` (parsed from ``raw``), or None."""
     part, data = root, raw
     for index in path:
         body = data[body_start(data) :]
         if content_type(part).startswith("message/"):
-            children: list[bytes | bytearray] = [body]
+            children: list[Raw] = [body]
         else:
             children = _children(body, boundary(part))
         parts = subparts(part)
@@ -44,12 +42,12 @@ def entity_bytes(
     return data
 
 
-def body_bytes(entity: bytes | bytearray) -> bytes | bytearray:
+def body_bytes(entity: Raw) -> Raw:
     """The body of a raw entity: what follows its header block."""
     return entity[body_start(entity) :]
 
 
-def body_start(entity: bytes | bytearray) -> int:
+def body_start(entity: Raw) -> int:
     """Where the body of a raw entity starts (the stdlib's end-of-headers rule)."""
     offset = 0
     for number, line in enumerate(_LINE.finditer(entity)):
@@ -64,7 +62,7 @@ def body_start(entity: bytes | bytearray) -> int:
     return offset
 
 
-def _children(body: bytes | bytearray, boundary: str | None) -> list[bytes | bytearray]:
+def _children(body: Raw, boundary: str | None) -> list[Raw]:
     """The raw sub-entities of a multipart body split at ``boundary``'s delimiter lines."""
     if not boundary:
         return []
@@ -73,7 +71,7 @@ def _children(body: bytes | bytearray, boundary: str | None) -> list[bytes | byt
         + rb"(--)?[ \t]*(?:\r\n|\n|\r|$)",
         re.MULTILINE,
     )  # fmt: skip
-    children: list[bytes | bytearray] = []
+    children: list[Raw] = []
     start: int | None = None
     for match in delimiter.finditer(body):
         if start is not None:
