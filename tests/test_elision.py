@@ -1,17 +1,20 @@
 """relay.translate.elision: leaving large base64 runs out of the parse changes no request.
 
-Every corpus message, with every run of base64-alphabet lines elided (``ElideAt(0, 1)``:
-the placeholders are put back everywhere but in safe leaves), and generated large messages
-(the default thresholds) give exactly the JSON bytes of the plain parse; the safe leaves
-come out as streamed bodies, the others (attached message, signed content, text, invalid
+Every corpus message, as stored and with CRLF line ends, with every run of base64-alphabet
+lines elided (``ElideAt(0, 1)``: the placeholders are put back everywhere but in safe
+leaves and attached messages sent as received), and generated large messages (the default
+thresholds) give exactly the JSON bytes of the plain parse; the safe leaves and attached
+messages come out as streamed bodies, the others (signed content, body text, invalid
 base64) as plain bytes.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.policy
 import os
+from collections import Counter
 from email.message import EmailMessage
 from typing import Any
 
@@ -20,7 +23,8 @@ import pytest
 from relay.errors import PermanentError
 from relay.translate.elision import ELIDE, ElideAt, parse
 from relay.translate.message import translate
-from relay.translate.rawslice import RawBase64
+from relay.translate.rawslice import RawBase64, RawEncoded
+from relay.translate.tree import PARSE_ERRORS
 from relay.translate.wire import StreamedBody, as_bytes, serialise
 from tests.paths import CORPUS
 
@@ -51,10 +55,27 @@ def test_the_corpus_is_there() -> None:
     assert len(CORPUS_FILES) > 50
 
 
+def _crlf(raw: bytes) -> bytes:
+    """``raw`` with CRLF line ends, as DATA hands it on (many corpus files are LF-only)."""
+    return raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
 @pytest.mark.parametrize("relative", CORPUS_FILES)
 def test_corpus_message_gives_the_same_json_with_every_run_elided(relative: str) -> None:
-    raw = (CORPUS / relative).read_bytes()
-    assert bodies(bytearray(raw), EVERY_RUN) == bodies(raw, None)
+    stored = (CORPUS / relative).read_bytes()
+    for raw in (stored, _crlf(stored)):
+        assert bodies(bytearray(raw), EVERY_RUN) == bodies(raw, None)
+
+
+def test_the_corpus_leaves_data_of_both_kinds_in_the_message() -> None:
+    """The equivalence above covers base64 leaves and attached messages left by reference."""
+    kinds: Counter[str] = Counter()
+    for relative in CORPUS_FILES:
+        with contextlib.suppress(*PARSE_ERRORS):
+            lazy = parse(bytearray(_crlf((CORPUS / relative).read_bytes())), EVERY_RUN).lazy
+            kinds.update(type(data).__name__ for data in lazy.values())
+    assert kinds["RawBase64"] >= 20, kinds
+    assert kinds["RawEncoded"] >= 5, kinds
 
 
 def _message(subject: str = "Large") -> EmailMessage:
@@ -157,6 +178,7 @@ LAZY = {
     "single part": _single_part,
     "blank line before the boundary": _blank_before_boundary,
     "right before the boundary": _next_to_boundary,
+    "in a message/rfc822 (the message as received)": _in_rfc822,
     "text/plain attachment": lambda: _text_leaf("text/plain", "attachment"),
     "text/csv, no disposition": lambda: _text_leaf("text/csv"),
     "text/html with a file name": lambda: _text_leaf('text/html; name="a.html"'),
@@ -165,7 +187,6 @@ LAZY = {
     ),
 }
 PLAIN = {
-    "in a message/rfc822": _in_rfc822,
     "in a multipart/signed": _signed,
     "inline text/plain base64 (the body)": lambda: _text_leaf("text/plain"),
     "inline text/html base64 (the body)": lambda: _text_leaf("text/html", "inline"),
@@ -211,3 +232,19 @@ def test_the_lazy_data_is_the_received_base64_without_line_breaks() -> None:
     assert data.to_bytes() == raw[data.start : data.end].replace(b"\r\n", b"")
     assert len(data) == len(data.to_bytes())
     assert all(len(chunk) <= 64 * 1024 for chunk in data.chunks())
+
+
+def test_an_attached_message_is_its_received_bytes_encoded_piece_by_piece() -> None:
+    raw = bytearray(_in_rfc822())
+    lazy = parse(raw).lazy.values()
+    (data,) = [d for d in lazy if isinstance(d, RawEncoded)]
+    assert data.raw is raw
+    body = bytes(raw[data.start : data.end])
+    assert body.startswith(b"From: app@example.com\r\n")
+    assert b"Subject: Large\r\n" in body
+    assert body.endswith(b"--\r\n")  # the inner message up to its closing delimiter
+    assert data.to_bytes() == base64.b64encode(body)
+    assert len(data) == len(data.to_bytes())
+    for size in (4, 7, 8, 1000):  # pieces of whole 3-byte groups join into the whole
+        assert b"".join(data.chunks(size)) == data.to_bytes()
+    assert max(len(piece) for piece in data.chunks()) <= 64 * 1024

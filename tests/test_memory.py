@@ -80,11 +80,15 @@ def _reset_peak(pid: int) -> None:
 
 def large_message(attachment_bytes: int, subject: str = "Large", kind: str = "binary") -> bytes:
     """A message with one base64 attachment: random bytes, or (``kind="csv"``) a CSV report
-    (text/csv, UTF-8)."""
+    (text/csv, UTF-8), or (``kind="forwarded"``) such a message attached (message/rfc822)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = "app@example.com", "ann@example.net", subject
     msg.set_content("See the attachment.\n")
-    if kind == "csv":
+    if kind == "forwarded":
+        inner = email.message_from_bytes(large_message(attachment_bytes, "Inner"),
+                                         policy=email.policy.SMTP)  # fmt: skip
+        msg.add_attachment(inner)
+    elif kind == "csv":
         rows = (f"{i},{os.urandom(16).hex()},caf\u00e9\r\n" for i in range(attachment_bytes // 46))
         msg.add_attachment("".join(rows).encode(), maintype="text", subtype="csv",
                            filename="report.csv")  # fmt: skip
@@ -115,7 +119,8 @@ def peak_rise(relay: RelayProcess, load: Callable[[], object]) -> int:
 
 @pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("transport", "kind"), [("httpx", "binary"), ("aiohttp", "binary"), ("aiohttp", "csv")]
+    ("transport", "kind"),
+    [("httpx", "binary"), ("aiohttp", "binary"), ("aiohttp", "csv"), ("httpx", "forwarded")],
 )
 def test_one_large_message_costs_a_bounded_multiple_of_its_size(
     tmp_path: Path, transport: str, kind: str

@@ -23,7 +23,8 @@ Data
     Base64 without line breaks; a base64 part whose payload is valid base64 is passed on as
     it is (in a large message by reference, ``relay.translate.rawslice``: not copied). An
     attached message (``message/*``) is its bytes exactly as received
-    (``relay.translate.verbatim``), so a DKIM signature inside it still verifies; only when
+    (``relay.translate.verbatim``, ``verbatim_body``), so a DKIM signature inside it still
+    verifies (in a large message encoded as it is sent, ``rawslice.RawEncoded``); only when
     those bytes cannot be found is it re-serialised.
 """
 
@@ -34,13 +35,14 @@ import email.policy
 import mimetypes
 import quopri
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
 from typing import Any, Final
 
 from relay.errors import MessageUnparseable
 from relay.translate.headers import Headers, decode_text_header, one_line, raw_bytes
-from relay.translate.rawslice import RawBase64
+from relay.translate.rawslice import RawData
 from relay.translate.transfer import b64decode_lenient, payload_bytes, transfer_encoding
 from relay.translate.tree import (
     PARSE_ERRORS,
@@ -50,7 +52,7 @@ from relay.translate.tree import (
     raw_payload,
     subparts,
 )
-from relay.translate.verbatim import body_bytes, entity_bytes
+from relay.translate.verbatim import body_start, entity_span
 
 __all__ = ["Leaf", "attachment", "file_name"]
 
@@ -87,7 +89,7 @@ class Leaf:
     related: bool
     raw: Raw
     root: Message
-    lazy: RawBase64 | None = None
+    lazy: RawData | None = None
     """The data left in ``raw`` (``relay.translate.elision``), or None."""
 
 
@@ -180,8 +182,8 @@ def _unquoted_name(part: Message) -> str:
     return ""
 
 
-def _data(leaf: Leaf) -> str | RawBase64:
-    """The leaf's content as base64 without line breaks (module doc); a ``RawBase64``
+def _data(leaf: Leaf) -> str | RawData:
+    """The leaf's content as base64 without line breaks (module doc); a ``RawData``
     (the same characters, not copied) for a leaf whose data was left in the message."""
     if leaf.lazy is not None:
         return leaf.lazy
@@ -196,35 +198,58 @@ def _data(leaf: Leaf) -> str | RawBase64:
     return base64.b64encode(payload_bytes(part)).decode("ascii")
 
 
+def verbatim_body(
+    raw: Raw, root: Message, path: Sequence[int], part: Message
+) -> tuple[int, int] | None:
+    """Where in ``raw`` the attached message ``part`` (at ``path`` below ``root``) is, when
+    it is sent exactly as received: neither base64 nor quoted-printable, found, and
+    agreeing with the parse (its body's ``(start, end)``); None otherwise."""
+    span = entity_span(raw, root, path)
+    if span is None or transfer_encoding(part) in ("base64", "quoted-printable"):
+        return None
+    start = span[0] + body_start(memoryview(raw)[span[0] : span[1]])
+    return (start, span[1]) if _agrees(memoryview(raw)[start : span[1]], subparts(part)) else None
+
+
 def _message_bytes(leaf: Leaf) -> Raw:
     """An attached message as received; re-serialised when that cannot be found."""
-    entity = entity_bytes(leaf.raw, leaf.root, leaf.path)
-    if entity is not None:
-        body = body_bytes(entity)
-        encoding = transfer_encoding(leaf.part)
-        if encoding == "base64":
-            return b64decode_lenient(body)
-        if encoding == "quoted-printable":
-            return quopri.decodestring(body)
-        if _agrees(body, subparts(leaf.part)):
-            return body
+    found = verbatim_body(leaf.raw, leaf.root, leaf.path, leaf.part)
+    if found is not None:
+        return leaf.raw[found[0] : found[1]]
+    span = entity_span(leaf.raw, leaf.root, leaf.path)
+    encoding = transfer_encoding(leaf.part)
+    if span is not None and encoding in ("base64", "quoted-printable"):
+        body = leaf.raw[span[0] : span[1]]
+        body = body[body_start(body) :]
+        return b64decode_lenient(body) if encoding == "base64" else quopri.decodestring(body)
     return _serialised(leaf.part)
 
 
-def _agrees(body: Raw, parsed: list[Message]) -> bool:
-    """Whether raw ``body`` starts with the first header of the parsed message in it."""
+_SPACE: Final = re.compile(rb"\s*")
+_LINE: Final = re.compile(rb"[^\n]*\n")
+
+
+def _agrees(body: memoryview, parsed: list[Message]) -> bool:
+    """Whether raw ``body`` starts with the first header of the parsed message in it
+    (read without copying ``body``: only its first 4 KiB)."""
+    at = _space_end(body, 0)
     if not parsed:
-        return not body.strip()
-    items = parsed[0].raw_items()
-    first = next(iter(items), None)
+        return at == len(body)
+    first = next(iter(parsed[0].raw_items()), None)
     if first is None:
         return True
     name, value = first
-    start = body.lstrip()
-    if start.startswith(b"From ") and parsed[0].get_unixfrom():
-        start = start.split(b"\n", 1)[-1]  # the mbox line the parser keeps aside
-    head = start[: len(name) + 1].lower()
-    return head == f"{name}:".lower().encode() and raw_bytes(str(value))[:20] in body[:4096]
+    if bytes(body[at : at + 5]) == b"From " and parsed[0].get_unixfrom():
+        line = _LINE.match(body, at)  # the mbox line the parser keeps aside
+        at = line.end() if line else at
+    head = bytes(body[at : at + len(name) + 1]).lower()
+    return head == f"{name}:".lower().encode() and raw_bytes(str(value))[:20] in bytes(body[:4096])
+
+
+def _space_end(body: memoryview, at: int) -> int:
+    """The offset of the first byte at or after ``at`` that ``bytes.strip`` keeps."""
+    match = _SPACE.match(body, at)
+    return match.end() if match else at
 
 
 def _serialised(part: Message) -> bytes:

@@ -12,15 +12,22 @@ plus CRLF stands for the run, the token alone for the run without its last CRLF 
 the parser drops before a boundary).
 
 After the parse each placeholder is put back (``_settle``) so that the tree is the one the
-plain parse gives, except in a leaf that is safe to leave by reference: its payload is
-exactly one placeholder, it is base64 (``Content-Transfer-Encoding``), its base64 is valid
-(what ``relay.translate.attachments`` passes on as it is), it is neither ``message/*`` nor
-multipart nor a leaf that may be read as body text (``parts.read_as_text``: an inline
-text/plain, text/html or AMP leaf; a text attachment such as a CSV report is safe), it has
-no parse defect, and no ``message/*`` or ``multipart/signed`` is above it (their bytes are
-used whole). Such a leaf keeps the token as payload and its data is a ``RawBase64`` into
-``raw`` (``Parsed.lazy``, by ``id`` of the part). Smaller messages take the plain parse:
-same tree, same CPU as before.
+plain parse gives, except in two kinds of parts whose data is then left in ``raw``
+(``Parsed.lazy``, by ``id`` of the part):
+
+- a leaf that is safe to leave by reference (a ``rawslice.RawBase64``): its payload is
+  exactly one placeholder, it is base64 (``Content-Transfer-Encoding``), its base64 is
+  valid (what ``relay.translate.attachments`` passes on as it is), it is neither
+  ``message/*`` nor multipart nor a leaf that may be read as body text
+  (``parts.read_as_text``: an inline text/plain, text/html or AMP leaf; a text attachment
+  such as a CSV report is safe), it has no parse defect, and no ``message/*`` or
+  ``multipart/signed`` is above it (their bytes are used whole);
+- an attached message sent as received (``attachments.verbatim_body``; a
+  ``rawslice.RawEncoded`` of its bytes), not inside another one or signed content: its
+  own tree keeps its placeholders, since nothing reads it but its headers (the fallback,
+  re-serialising it, is only taken when ``verbatim_body`` finds no such bytes).
+
+Smaller messages take the plain parse: same tree, same CPU as before.
 """
 
 from __future__ import annotations
@@ -33,8 +40,9 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Final
 
+from relay.translate.attachments import verbatim_body
 from relay.translate.parts import read_as_text
-from relay.translate.rawslice import RawBase64
+from relay.translate.rawslice import RawBase64, RawData, RawEncoded
 from relay.translate.tree import (
     POLICY,
     Raw,
@@ -73,7 +81,7 @@ class Parsed:
     """A parsed tree and its leaves whose base64 stays in the raw message (by ``id``)."""
 
     msg: Message
-    lazy: dict[int, RawBase64] = field(default_factory=dict)
+    lazy: dict[int, RawData] = field(default_factory=dict)
 
 
 def parse(raw: Raw, elide: ElideAt | None = ELIDE) -> Parsed:
@@ -129,16 +137,19 @@ class _Elided:
                 yield f"{self._token}{index}{_CRLF}".encode("ascii")
             offset = end
 
-    def settle(self, msg: Message) -> dict[int, RawBase64]:
+    def settle(self, msg: Message) -> dict[int, RawData]:
         """Every placeholder of ``msg`` put back, but in the safe leaves (module doc)."""
-        lazy: dict[int, RawBase64] = {}
-        stack: list[tuple[Message, bool]] = [(msg, False)]
+        lazy: dict[int, RawData] = {}
+        stack: list[tuple[Message, tuple[int, ...], bool]] = [(msg, (), False)]
         while stack:
-            part, guarded = stack.pop()
+            part, path, guarded = stack.pop()
             self._restore_edges(part)
+            if not guarded and (verbatim := self._verbatim(msg, path, part)) is not None:
+                lazy[id(part)] = verbatim  # its own tree keeps its placeholders (unread)
+                continue
             if part.is_multipart():
                 inner = guarded or content_type(part).startswith(_GUARDS)
-                stack.extend((sub, inner) for sub in subparts(part))
+                stack.extend((sub, (*path, i), inner) for i, sub in enumerate(subparts(part)))
                 continue
             found = None if guarded else self._lazy(part)
             if found is not None:
@@ -147,7 +158,7 @@ class _Elided:
                 part.set_payload(self._find.sub(self._run_text, payload))
         return lazy
 
-    def _lazy(self, part: Message) -> RawBase64 | None:
+    def _lazy(self, part: Message) -> RawData | None:
         """The leaf's data by reference when the leaf is safe to leave so, else None."""
         payload = raw_payload(part)
         if not isinstance(payload, str) or part.defects:
@@ -160,6 +171,14 @@ class _Elided:
             return None
         start, end = self._runs[int(match.group(1))]
         return RawBase64(self._raw, start, end) if _valid(self._raw, start, end) else None
+
+    def _verbatim(self, root: Message, path: tuple[int, ...], part: Message) -> RawEncoded | None:
+        """An attached message's data as its bytes in ``raw``, when it is sent as received
+        (``attachments.verbatim_body``), else None."""
+        if not content_type(part).startswith("message/") or not part.is_multipart():
+            return None
+        found = verbatim_body(self._raw, root, path, part)
+        return None if found is None else RawEncoded(self._raw, *found)
 
     def _restore_edges(self, part: Message) -> None:
         """A multipart's preamble and epilogue with their placeholders put back."""

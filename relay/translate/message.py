@@ -68,7 +68,7 @@ def translate(
     """The API requests for message ``raw`` sent by ``mail_from`` to ``rcpt_tos``.
 
     In a message over ``elide.message`` bytes, large valid base64 attachments are not copied:
-    their ``data`` is a ``RawBase64`` into ``raw`` (``relay.translate.elision``), which
+    their ``data`` is a ``rawslice.RawData`` into ``raw`` (``relay.translate.elision``), which
     ``relay.translate.wire.serialise`` writes out; the JSON is the same byte for byte
     (None: always the plain way). Raises ``MessageUnparseable`` (no usable sender or
     recipient, unreadable message), ``InvalidHeader`` (an ``ahasend-*`` header has an

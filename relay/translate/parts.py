@@ -49,7 +49,7 @@ from relay.errors import MessageEncrypted, MessageUnparseable
 from relay.translate.attachments import Leaf, attachment, file_name
 from relay.translate.charsets import decode_text
 from relay.translate.headers import scrub
-from relay.translate.rawslice import RawBase64
+from relay.translate.rawslice import RawData
 from relay.translate.transfer import payload_bytes
 from relay.translate.tree import Raw, charset, content_type, disposition, param, subparts
 
@@ -84,7 +84,7 @@ class Content:
 
     raw: Raw
     root: Message
-    lazy: Mapping[int, RawBase64] = field(default_factory=dict)
+    lazy: Mapping[int, RawData] = field(default_factory=dict)
     text: str | None = None
     html: str | None = None
     amp: str | None = None
@@ -92,7 +92,7 @@ class Content:
     notices: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, msg: Message, raw: Raw, lazy: Mapping[int, RawBase64] | None = None) -> Content:
+    def of(cls, msg: Message, raw: Raw, lazy: Mapping[int, RawData] | None = None) -> Content:
         """Bodies and attachments of ``msg``, parsed from ``raw`` (see the module doc);
         ``lazy``: the leaves whose data stays in ``raw`` (``relay.translate.elision``)."""
         content = cls(raw, msg, lazy or {})
