@@ -7,6 +7,7 @@ slow answers, or the whole API down); the relay is driven as an application woul
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.policy
 import io
 import json
@@ -500,17 +501,28 @@ def test_a_malformed_2xx_counts_as_accepted(body: Any, standin: StandIn) -> None
     assert "Secret-Looking" not in logs
 
 
-@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
-def test_a_large_attachment_is_streamed_whole_and_resent_whole_after_a_fault(
-    standin: StandIn, transport: str
-) -> None:
-    """A message over the elision threshold: its attachment is streamed (Content-Length,
-    not chunked) by either transport; the stand-in (validating against the spec) gets the
-    very JSON the plain path serialises, on the failed attempt and on the retry."""
+def _large(kind: str) -> bytes:
+    """Over the elision threshold: a PDF attached, or (``forwarded``) a message holding one."""
     msg = message("Large")
     msg.add_attachment(os.urandom(ELIDE.message), maintype="application", subtype="pdf",
                        filename="big.pdf")  # fmt: skip
-    raw = msg.as_bytes(policy=email.policy.SMTP)
+    if kind == "forwarded":
+        outer = message("Fwd: Large")
+        outer.add_attachment(msg)
+        msg = outer
+    return msg.as_bytes(policy=email.policy.SMTP)
+
+
+@pytest.mark.parametrize("kind", ["pdf", "forwarded"])
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+def test_a_large_attachment_is_streamed_whole_and_resent_whole_after_a_fault(
+    standin: StandIn, transport: str, kind: str
+) -> None:
+    """A message over the elision threshold: its attachment (a file, or an attached message
+    sent byte for byte) is streamed (Content-Length, not chunked) by either transport; the
+    stand-in (validating against the spec) gets the very JSON the plain path serialises,
+    on the failed attempt and on the retry."""
+    raw = _large(kind)
     plain = translate(raw, "app@example.com", ["ann@example.net"], elide=None)
     expected = serialise(plain.payloads[0])
     assert isinstance(expected, bytes)
@@ -525,3 +537,8 @@ def test_a_large_attachment_is_streamed_whole_and_resent_whole_after_a_fault(
         assert request.body == expected
         assert request.headers["content-length"] == str(len(expected))
         assert "transfer-encoding" not in request.headers
+    (sent,) = json.loads(expected)["attachments"]
+    if kind == "forwarded":  # the attached message exactly as it is in the received bytes
+        assert sent["content_type"] == "message/rfc822"
+        assert base64.b64decode(sent["data"]) in raw
+        assert base64.b64decode(sent["data"]).startswith(b"From: App <app@example.com>\r\n")
