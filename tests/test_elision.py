@@ -179,6 +179,7 @@ LAZY = {
     "blank line before the boundary": _blank_before_boundary,
     "right before the boundary": _next_to_boundary,
     "in a message/rfc822 (the message as received)": _in_rfc822,
+    "in a multipart/signed (the signature dropped)": _signed,
     "text/plain attachment": lambda: _text_leaf("text/plain", "attachment"),
     "text/csv, no disposition": lambda: _text_leaf("text/csv"),
     "text/html with a file name": lambda: _text_leaf('text/html; name="a.html"'),
@@ -187,7 +188,6 @@ LAZY = {
     ),
 }
 PLAIN = {
-    "in a multipart/signed": _signed,
     "inline text/plain base64 (the body)": lambda: _text_leaf("text/plain"),
     "inline text/html base64 (the body)": lambda: _text_leaf("text/html", "inline"),
     "inline AMP base64": lambda: _text_leaf("text/x-amp-html"),

@@ -80,10 +80,13 @@ def _reset_peak(pid: int) -> None:
 
 def large_message(attachment_bytes: int, subject: str = "Large", kind: str = "binary") -> bytes:
     """A message with one base64 attachment: random bytes, or (``kind="csv"``) a CSV report
-    (text/csv, UTF-8), or (``kind="forwarded"``) such a message attached (message/rfc822)."""
+    (text/csv, UTF-8), or (``kind="forwarded"``) such a message attached (message/rfc822), or
+    (``kind="signed"``) such a message's content S/MIME-signed (multipart/signed)."""
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = "app@example.com", "ann@example.net", subject
     msg.set_content("See the attachment.\n")
+    if kind == "signed":
+        return _signed(large_message(attachment_bytes, subject))
     if kind == "forwarded":
         inner = email.message_from_bytes(large_message(attachment_bytes, "Inner"),
                                          policy=email.policy.SMTP)  # fmt: skip
@@ -96,6 +99,21 @@ def large_message(attachment_bytes: int, subject: str = "Large", kind: str = "bi
         msg.add_attachment(os.urandom(attachment_bytes), maintype="application",
                            subtype="octet-stream", filename="blob.bin")  # fmt: skip
     return msg.as_bytes(policy=email.policy.SMTP)
+
+
+def _signed(raw: bytes) -> bytes:
+    """``raw``'s MIME content inside a multipart/signed, with a (dummy) signature part."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    ctype = next(line for line in lines if line.lower().startswith(b"content-type:"))
+    kept = [line for line in lines if line is not ctype and not line.startswith(b"MIME-")]
+    return b"\r\n".join([
+        *kept, b"MIME-Version: 1.0",
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+        b'micalg=sha-256; boundary="sig"', b"", b"--sig", ctype, b"", body, b"--sig",
+        b"Content-Type: application/pkcs7-signature; name=smime.p7s",
+        b"Content-Transfer-Encoding: base64", b"", b"AAAA", b"--sig--", b"",
+    ])  # fmt: skip
 
 
 def send(port: int, raw: bytes) -> int:
@@ -120,7 +138,13 @@ def peak_rise(relay: RelayProcess, load: Callable[[], object]) -> int:
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     ("transport", "kind"),
-    [("httpx", "binary"), ("aiohttp", "binary"), ("aiohttp", "csv"), ("httpx", "forwarded")],
+    [
+        ("httpx", "binary"),
+        ("aiohttp", "binary"),
+        ("aiohttp", "csv"),
+        ("httpx", "forwarded"),
+        ("aiohttp", "signed"),
+    ],
 )
 def test_one_large_message_costs_a_bounded_multiple_of_its_size(
     tmp_path: Path, transport: str, kind: str

@@ -20,8 +20,8 @@ plain parse gives, except in two kinds of parts whose data is then left in ``raw
   valid (what ``relay.translate.attachments`` passes on as it is), it is neither
   ``message/*`` nor multipart nor a leaf that may be read as body text
   (``parts.read_as_text``: an inline text/plain, text/html or AMP leaf; a text attachment
-  such as a CSV report is safe), it has no parse defect, and no ``message/*`` or
-  ``multipart/signed`` is above it (their bytes are used whole);
+  such as a CSV report is safe), it has no parse defect, and no ``message/*`` is above it
+  (its bytes are used whole);
 - an attached message sent as received (``attachments.verbatim_body``; a
   ``rawslice.RawEncoded`` of its bytes), not inside another one or signed content: its
   own tree keeps its placeholders, since nothing reads it but its headers (the fallback,
@@ -73,7 +73,6 @@ message size for a 20 MiB run (measured); this one scans in constant memory."""
 _FEED_CHUNK: Final = 8192
 _PREFIX: Final = "RelayElided"
 _CRLF: Final = "\r\n"
-_GUARDS: Final = ("message/", "multipart/signed")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,22 +137,30 @@ class _Elided:
             offset = end
 
     def settle(self, msg: Message) -> dict[int, RawData]:
-        """Every placeholder of ``msg`` put back, but in the safe leaves (module doc)."""
+        """Every placeholder of ``msg`` put back, but in the safe leaves (module doc).
+
+        Below a ``message/*`` part nothing is left by reference (such a part is sent whole:
+        as received, or re-serialised from its restored tree); below ``multipart/signed``
+        no attached message is (``Content``'s paths there skip the signature part, so its
+        bytes are found by another path on the plain parse)."""
         lazy: dict[int, RawData] = {}
-        stack: list[tuple[Message, tuple[int, ...], bool]] = [(msg, (), False)]
+        stack: list[tuple[Message, tuple[int, ...], bool, bool]] = [(msg, (), False, False)]
         while stack:
-            part, path, guarded = stack.pop()
+            part, path, in_message, in_signed = stack.pop()
             self._restore_edges(part)
-            if not guarded and (verbatim := self._verbatim(msg, path, part)) is not None:
-                lazy[id(part)] = verbatim  # its own tree keeps its placeholders (unread)
+            found = None if in_message or in_signed else self._verbatim(msg, path, part)
+            if found is not None:
+                lazy[id(part)] = found  # its own tree keeps its placeholders (unread)
                 continue
             if part.is_multipart():
-                inner = guarded or content_type(part).startswith(_GUARDS)
-                stack.extend((sub, (*path, i), inner) for i, sub in enumerate(subparts(part)))
+                ctype = content_type(part)
+                below = (in_message or ctype.startswith("message/"),
+                         in_signed or ctype == "multipart/signed")  # fmt: skip
+                stack.extend((sub, (*path, i), *below) for i, sub in enumerate(subparts(part)))
                 continue
-            found = None if guarded else self._lazy(part)
-            if found is not None:
-                lazy[id(part)] = found
+            leaf = None if in_message else self._lazy(part)
+            if leaf is not None:
+                lazy[id(part)] = leaf
             elif isinstance(payload := raw_payload(part), str) and self._token in payload:
                 part.set_payload(self._find.sub(self._run_text, payload))
         return lazy
