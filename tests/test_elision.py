@@ -4,8 +4,8 @@ Every corpus message, as stored and with CRLF line ends, with every run of base6
 lines elided (``ElideAt(0, 1)``: the placeholders are put back everywhere but in safe
 leaves and attached messages sent as received), and generated large messages (the default
 thresholds) give exactly the JSON bytes of the plain parse; the safe leaves and attached
-messages come out as streamed bodies, the others (signed content, body text, invalid
-base64) as plain bytes.
+messages come out as streamed bodies, the others (body text, invalid base64, ...) as
+plain bytes.
 """
 
 from __future__ import annotations
