@@ -13,7 +13,7 @@ import pytest
 import structlog
 
 from relay.delivery.sender import DryRunSender
-from relay.translate.rawslice import CHUNK, RawBase64
+from relay.translate.rawslice import CHUNK, RawBase64, RawEncoded
 from relay.translate.wire import DUMPS, Dumps, StreamedBody, json_dumps, serialise
 
 PAYLOAD: dict[str, Any] = {
@@ -69,6 +69,21 @@ def test_raw_data_is_streamed_as_the_json_of_its_text(dumps: Dumps) -> None:
     assert first == again
     assert b"".join(first) == expected
     assert max(len(chunk) for chunk in first) <= CHUNK
+
+
+@pytest.mark.parametrize("dumps", BOTH.values(), ids=BOTH.keys())
+def test_raw_bytes_are_streamed_as_the_json_of_their_base64(dumps: Dumps) -> None:
+    """``RawEncoded`` (an attached message sent as received) beside a ``RawBase64``."""
+    raw, slices, values = _raw_attachments(1)
+    start = len(raw)
+    raw += os.urandom(2 * CHUNK + 1)  # not a multiple of 3: the last piece is padded
+    encoded = RawEncoded(raw, start, len(raw))
+    body = serialise(_with([encoded, *slices]), dumps)
+    assert isinstance(body, StreamedBody)
+    expected = _stdlib(_with([base64.b64encode(raw[start:]).decode("ascii"), *values]))
+    assert body.to_bytes() == expected
+    assert len(body) == len(expected)
+    assert max(len(chunk) for chunk in body.chunks()) <= CHUNK
 
 
 @pytest.mark.parametrize("dumps", BOTH.values(), ids=BOTH.keys())
