@@ -327,7 +327,7 @@ def test_kubernetes_example_hardens_each_container_and_sizes_the_relay() -> None
         int(u) for u in user
     ]
     assert relay["securityContext"]["readOnlyRootFilesystem"] is True
-    # Measured: 50 MiB idle, 129 MiB peak for one 19 MiB message, 199 MiB for four at once;
+    # Measured: 71 MiB idle, 90 MiB peak for one 19 MiB message, 135 MiB for four at once;
     # the limit must hold RELAY_MAX_CONNECTIONS (4) messages, the request one.
     env = {e["name"]: e.get("value") for e in relay["env"]}
     assert env["RELAY_MAX_CONNECTIONS"] == "4"
