@@ -16,11 +16,13 @@ pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
 - Times are this process's injected clock, never the server's ``now()``: the lease is a
   wall-clock time compared by every replica, as with SQLite.
 - The schema is created and migrated (``relay.delivery.spool.pg_schema``) before the
-  first statement that needs it, under an advisory lock. A database that cannot be
-  reached is not fatal: each call then raises ``SpoolUnavailable`` within ``timeout``
-  seconds, the pool keeps reconnecting in the background, and the first call after the
-  database is back migrates and proceeds. The switch is logged once each way
-  (``spool_unavailable`` / ``spool_recovered``) and reported to ``on_change``.
+  first statement that needs it, under an advisory lock, by ``migrator``, which the
+  shared pacing bucket on the same database uses too (whichever comes first migrates).
+  A database that cannot be reached is not fatal: each call then raises
+  ``SpoolUnavailable`` within ``timeout`` seconds, the pool keeps reconnecting in the
+  background, and the first call after the database is back migrates and proceeds. The
+  switch is logged once each way (``spool_unavailable`` / ``spool_recovered``) and
+  reported to ``on_change``.
 - ``location`` and every message carry the URL with its password masked.
 """
 
@@ -37,7 +39,7 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from relay.config import mask_url_password
-from relay.delivery.spool.pg_schema import migrate
+from relay.delivery.spool.pg_schema import Migrator
 from relay.delivery.spool.sql import Dialect, Params, SqlSpool, Statements
 from relay.errors import SpoolUnavailable
 from relay.ops.log import get_logger
@@ -98,8 +100,9 @@ class PostgresSpool(SqlSpool):
         self._on_change = on_change
         self._location = mask_url_password(url)
         self._available = True
-        self._migrated = False
-        self._migrating = asyncio.Lock()
+        self.migrator = Migrator(on_applied=self._log_migrated)
+        """Migrates this spool's database once; the shared bucket (``pacing_shared``) on the
+        same database uses it too, so whichever comes first migrates, logged here."""
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -186,16 +189,12 @@ class PostgresSpool(SqlSpool):
         return result
 
     async def _ensure_schema(self) -> None:
-        if self._migrated:
-            return
-        async with self._migrating:
-            if self._migrated:
-                return
-            async with self._pool.connection() as db:
-                applied = await migrate(db)
-            if applied and self._log_events:
-                log.info("spool_migrated", spool=self._location, versions=applied)
-            self._migrated = True
+        if not self.migrator.done:  # once done, no pool connection is taken for it
+            await self.migrator.ensure(self._pool.connection)
+
+    def _log_migrated(self, versions: list[int]) -> None:
+        if self._log_events:
+            log.info("spool_migrated", spool=self._location, versions=versions)
 
     def _set_available(self, available: bool, why: str = "") -> None:
         if available == self._available:
