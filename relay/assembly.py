@@ -11,7 +11,8 @@ Order (each step uses only what came before)::
     Guard.from_settings          networks, limits, AUTH users, TLS context (ConfigError)
     spool                        RELAY_SPOOL_URL → PostgresSpool (waits for the database),
                                  RELAY_SPOOL_DIR → SqliteSpool (SpoolUnavailable)    [close]
-    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL [close]
+    pacing buckets               per account; shared in PostgreSQL with RELAY_SPOOL_URL,
+                                 migrated by the spool's migrator (pg_schema)        [close]
     RelayMetrics                 the sessions gauge, the spool's stats at scrape time
     guard + metrics hook         failed AUTH attempts counted
     API client                   dry-run, or AhaSendClient with a metered transport
@@ -107,7 +108,7 @@ async def assemble(
     """
     guard = Guard.from_settings(settings)
     spool = await open_spool(settings, resources)
-    buckets = pacing_buckets(settings, resources)
+    buckets = pacing_buckets(settings, resources, spool)
     metrics = RelayMetrics(
         sessions_open=lambda: len(sessions),
         spool_stats=spool.stats if spool is not None else None,
@@ -176,13 +177,21 @@ async def open_spool(settings: Settings, resources: AsyncExitStack) -> SpoolBack
     return spool
 
 
-def pacing_buckets(settings: Settings, resources: AsyncExitStack) -> AccountBuckets | SharedBuckets:
+def pacing_buckets(
+    settings: Settings, resources: AsyncExitStack, spool: SpoolBackend | None
+) -> AccountBuckets | SharedBuckets:
     """One bucket per account at RELAY_API_RATE / _BURST: this process's, or with the shared
-    spool (RELAY_SPOOL_URL) one for all replicas, in the database (``pacing_shared``)."""
+    spool (RELAY_SPOOL_URL) one for all replicas, in the database (``pacing_shared``).
+
+    The shared bucket migrates the database with ``spool``'s migrator: whichever of the
+    two reaches it first (the bucket, when the database was down as the spool opened and a
+    message takes a token before the spool is used) migrates it, once, logged by the spool.
+    """
     rate, burst = settings.relay_api_rate, settings.relay_api_burst
     if settings.spool_url is None:
         return AccountBuckets(rate, burst)
-    store = TokenStore(settings.spool_url)
+    migrator = spool.migrator if isinstance(spool, PostgresSpool) else None
+    store = TokenStore(settings.spool_url, migrator=migrator)
     resources.push_async_callback(store.aclose)
     return SharedBuckets(store, rate, burst, settings.relay_replicas)
 

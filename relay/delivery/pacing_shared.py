@@ -3,7 +3,8 @@
 With a shared spool (``RELAY_SPOOL_URL``) several replicas send for the same account, and
 AhaSend's limit is the account's, not a replica's: ``RELAY_API_RATE`` / ``RELAY_API_BURST``
 are then the limits of all replicas together. The bucket is one row per account in table
-``relay_api_bucket``, refilled and taken in one statement (``TAKE``): an upsert whose
+``relay_api_bucket`` (created by the relay's migrations, ``relay.delivery.spool.pg_schema``,
+like the spool's tables), refilled and taken in one statement (``TAKE``): an upsert whose
 ``UPDATE`` holds the row lock for the length of one statement, so concurrent replicas
 serialise on the row and none can see a stale count. The refill uses the database's clock
 (``now()``), so the replicas' clocks do not matter. As in ``TokenBucket``, a taker that
@@ -31,19 +32,13 @@ from typing import Any
 import psycopg
 
 from relay.delivery.pacing import Slot, TokenBucket
+from relay.delivery.spool.pg_schema import Migrator
 from relay.ops.log import get_logger
 
 __all__ = ["SharedBucket", "SharedBuckets", "TokenStore"]
 
 log = get_logger("relay.delivery.pacing_shared")
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS relay_api_bucket (
-    account     text PRIMARY KEY,
-    tokens      double precision NOT NULL,
-    refilled_at timestamptz NOT NULL
-)"""
-SCHEMA_LOCK = 0x72656C6179_0B  # pg_advisory_xact_lock key: replicas starting together
 TAKE = """
 INSERT INTO relay_api_bucket AS b (account, tokens, refilled_at)
 VALUES (%(account)s, %(burst)s::float8 - 1, now())
@@ -63,7 +58,11 @@ class TokenStore:
 
     ``take`` returns the seconds to wait for the slot it took, or None when the database
     cannot answer within ``timeout`` (then it is not asked again for ``retry_interval``
-    seconds). The table is created on each (re)connection, under an advisory lock.
+    seconds). The table is the relay's migration 2 (``relay.delivery.spool.pg_schema``):
+    on its first connection the store has ``migrator`` bring the database up to date, if
+    nobody in this process has yet. In a relay that is the spool's migrator (the spool and
+    the bucket share the database, and whichever comes first migrates it); without one,
+    the store's own, which logs ``pacing_shared_migrated``.
     """
 
     def __init__(
@@ -73,8 +72,10 @@ class TokenStore:
         timeout: float = 1.0,
         retry_interval: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
+        migrator: Migrator | None = None,
     ) -> None:
         self._url = url
+        self._migrator = Migrator(on_applied=_log_migrated) if migrator is None else migrator
         self._timeout = timeout
         self._retry_interval = retry_interval
         self._clock = clock
@@ -139,9 +140,7 @@ class TokenStore:
         if self._connection is None or self._connection.closed:
             connection = await psycopg.AsyncConnection.connect(self._url, autocommit=True)
             try:
-                async with connection.transaction():
-                    await connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    await connection.execute(SCHEMA)
+                await self._migrator.ensure(lambda: contextlib.nullcontext(connection))
             except BaseException:
                 await connection.close()
                 raise
@@ -165,6 +164,10 @@ class TokenStore:
         if connection is not None:
             with contextlib.suppress(*DATABASE_ERRORS):
                 await connection.close()
+
+
+def _log_migrated(versions: list[int]) -> None:
+    log.info("pacing_shared_migrated", versions=versions)
 
 
 class SharedBucket:

@@ -1,8 +1,10 @@
 """The PostgreSQL spool backend: one table shared by every replica (``RELAY_SPOOL_URL``).
 
 Same contract as the SQLite store (``relay.delivery.spool.base``), for several relays at
-once: any replica delivers any spooled message. Driver: psycopg 3 (async) with its
-connection pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
+once: any replica delivers any spooled message. The statements and the methods that run
+them are shared with SQLite (``relay.delivery.spool.sql``), in this database's dialect
+(``text[]`` arrays for address lists). Driver: psycopg 3 (async) with its connection
+pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
 
 - Every change is one statement in autocommit mode, committed before the method returns
   (``add``: the ``250`` is only given once the row is committed; PostgreSQL's
@@ -14,11 +16,13 @@ connection pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
 - Times are this process's injected clock, never the server's ``now()``: the lease is a
   wall-clock time compared by every replica, as with SQLite.
 - The schema is created and migrated (``relay.delivery.spool.pg_schema``) before the
-  first statement that needs it, under an advisory lock. A database that cannot be
-  reached is not fatal: each call then raises ``SpoolUnavailable`` within ``timeout``
-  seconds, the pool keeps reconnecting in the background, and the first call after the
-  database is back migrates and proceeds. The switch is logged once each way
-  (``spool_unavailable`` / ``spool_recovered``) and reported to ``on_change``.
+  first statement that needs it, under an advisory lock, by ``migrator``, which the
+  shared pacing bucket on the same database uses too (whichever comes first migrates).
+  A database that cannot be reached is not fatal: each call then raises
+  ``SpoolUnavailable`` within ``timeout`` seconds, the pool keeps reconnecting in the
+  background, and the first call after the database is back migrates and proceeds. The
+  switch is logged once each way (``spool_unavailable`` / ``spool_recovered``) and
+  reported to ``on_change``.
 - ``location`` and every message carry the URL with its password masked.
 """
 
@@ -35,8 +39,8 @@ from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool
 
 from relay.config import mask_url_password
-from relay.delivery.spool.base import SpoolEntry, SpoolStats, State
-from relay.delivery.spool.pg_schema import migrate
+from relay.delivery.spool.pg_schema import Migrator
+from relay.delivery.spool.sql import Dialect, Params, SqlSpool, Statements
 from relay.errors import SpoolUnavailable
 from relay.ops.log import get_logger
 
@@ -47,18 +51,27 @@ T = TypeVar("T")
 Connection = psycopg.AsyncConnection[TupleRow]
 Work = Callable[[Connection], Awaitable[T]]
 
-_COLUMNS = (
-    "id, idempotency_key, state, mail_from, rcpt_tos, size, attempts, created, updated,"
-    " next_attempt, expires, last_error, message_ids, bounced, claimed_until, route"
+_SQL = Statements(
+    Dialect(
+        table="relay_spool",
+        parameter="%({})s",
+        greatest="GREATEST",
+        # Replicas claiming at once lock disjoint rows: a row another claim has locked is
+        # skipped, not waited for, and once its claimed_until is set it is not due.
+        claim_lock="FOR UPDATE SKIP LOCKED",
+        encode_list=list,
+        decode_list=lambda array: array or (),
+    )
 )
-_RELEASE = "claimed_until = NULL"
+_INSERT_RETURNING_ID = _SQL.insert + " RETURNING id"
+"""New or requeued: the id in the same round trip (a live entry's key returns no row)."""
 CONNECT_TIMEOUT = 5
 """libpq's ``connect_timeout`` (seconds) unless the URL sets its own."""
 RECONNECT_ROUND = 10.0
 """Seconds the pool retries (1, 2, 4 s apart) before the next call starts over."""
 
 
-class PostgresSpool:
+class PostgresSpool(SqlSpool):
     """The spool in the database ``url`` names (a libpq URL). A ``SpoolBackend``.
 
     Construct, then ``await open()``; neither fails when the database is down. ``clock``
@@ -68,6 +81,8 @@ class PostgresSpool:
     False keeps the ``spool_*`` events out of the log (the ``queue`` tools, whose output
     is stdout, report failures themselves).
     """
+
+    _sql = _SQL
 
     def __init__(
         self,
@@ -85,8 +100,9 @@ class PostgresSpool:
         self._on_change = on_change
         self._location = mask_url_password(url)
         self._available = True
-        self._migrated = False
-        self._migrating = asyncio.Lock()
+        self.migrator = Migrator(on_applied=self._log_migrated)
+        """Migrates this spool's database once; the shared bucket (``pacing_shared``) on the
+        same database uses it too, so whichever comes first migrates, logged here."""
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -119,40 +135,16 @@ class PostgresSpool:
     async def close(self) -> None:
         await self._pool.close()
 
-    # -- the dispatcher's side ---------------------------------------------------------
-    async def add(
-        self,
-        body: bytes,
-        idempotency_key: str,
-        *,
-        mail_from: str,
-        rcpt_tos: Sequence[str],
-        error: str,
-        first_retry: float,
-        max_age: float,
-        route: str = "default",
-    ) -> int:
-        now = self._clock()
-        values = (idempotency_key, mail_from, list(rcpt_tos), body, len(body), now, now,
-                  now + first_retry, now + max_age, error, route)  # fmt: skip
+    # -- the primitives (``SqlSpool``) ----------------------------------------------
+    async def _insert(self, values: Params) -> int:
+        """The upsert returning the id; for a key stored already and not dead, a second
+        statement reads its id; if that entry was deleted in between, store it afresh."""
 
         async def insert(db: Connection) -> int:
-            cursor = await db.execute(
-                "INSERT INTO relay_spool (idempotency_key, mail_from, rcpt_tos, body, size,"
-                " created, updated, next_attempt, expires, last_error, route)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-                " ON CONFLICT (idempotency_key) DO UPDATE SET state = 'queued',"
-                " body = excluded.body, updated = excluded.updated,"
-                " next_attempt = excluded.next_attempt, expires = excluded.expires,"
-                " last_error = excluded.last_error, claimed_until = NULL"
-                " WHERE relay_spool.state = 'dead' RETURNING id",
-                values,
-            )
+            cursor = await db.execute(_INSERT_RETURNING_ID, values)
             row = await cursor.fetchone()
             if row is None:  # stored already and not dead: left as it is
-                cursor = await db.execute(
-                    "SELECT id FROM relay_spool WHERE idempotency_key = %s", (idempotency_key,)
-                )
+                cursor = await db.execute(_SQL.id_of_key, values)
                 row = await cursor.fetchone()
             if row is None:  # deleted between the two statements: store it afresh
                 return await insert(db)
@@ -160,136 +152,24 @@ class PostgresSpool:
 
         return await self._run(insert)
 
-    # -- the worker's side -------------------------------------------------------------
-    async def claim(self, limit: int, lease: float) -> list[SpoolEntry]:
-        now = self._clock()
-        rows = await self._fetch(
-            "UPDATE relay_spool SET claimed_until = %(until)s WHERE id IN ("  # noqa: S608
-            " SELECT id FROM relay_spool WHERE state = 'queued' AND next_attempt <= %(now)s"
-            " AND (claimed_until IS NULL OR claimed_until <= %(now)s)"
-            " ORDER BY next_attempt, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
-            f" RETURNING {_COLUMNS}, body",
-            {"until": now + lease, "now": now, "limit": limit},
-        )
-        entries = [_entry(row[:-1], body=row[-1]) for row in rows]
-        return sorted(entries, key=lambda e: (e.next_attempt, e.id))
+    async def _fetch_each(self, statements: Sequence[tuple[str, Params]]) -> list[list[Any]]:
+        async def fetch(db: Connection) -> list[list[Any]]:
+            results = []
+            for sql, params in statements:
+                cursor = await db.execute(sql, params)
+                results.append(await cursor.fetchall())
+            return results
 
-    async def next_due(self) -> float | None:
-        [(due,)] = await self._fetch(
-            "SELECT MIN(GREATEST(next_attempt, COALESCE(claimed_until, next_attempt)))"
-            " FROM relay_spool WHERE state = 'queued'"
-        )
-        return None if due is None else float(due)
+        return await self._run(fetch)
 
-    async def mark_delivered(
-        self, entry_id: int, message_ids: Sequence[str], note: str | None = None
-    ) -> None:
-        await self._update(
-            entry_id,
-            f"state = 'delivered', body = NULL, attempts = attempts + 1, message_ids = %s,"
-            f" last_error = %s, {_RELEASE}",
-            list(message_ids),
-            note,
-        )
-
-    async def defer(self, entry_id: int, error: str, next_attempt: float) -> None:
-        await self._update(
-            entry_id,
-            f"attempts = attempts + 1, last_error = %s, next_attempt = %s, {_RELEASE}",
-            error,
-            next_attempt,
-        )
-
-    async def kill(self, entry_id: int, reason: str, *, attempted: bool = True) -> None:
-        await self._update(
-            entry_id,
-            f"state = 'dead', attempts = attempts + %s, last_error = %s, {_RELEASE}",
-            1 if attempted else 0,
-            reason,
-        )
-
-    async def mark_bounced(self, entry_id: int) -> None:
-        await self._update(entry_id, "bounced = true")
-
-    async def purge_delivered(self, older_than: float) -> int:
-        return await self._change(
-            "DELETE FROM relay_spool WHERE state = 'delivered' AND updated < %s", (older_than,)
-        )
-
-    # -- the operator's side (``ahasend-relay queue``) ---------------------------------
-    async def entries(self, state: State | None = None) -> list[SpoolEntry]:
-        where, args = ("WHERE state = %s", (state,)) if state else ("", ())
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS} FROM relay_spool {where} ORDER BY id",  # noqa: S608
-            args,
-        )
-        return [_entry(row) for row in rows]
-
-    async def get(self, entry_id: int) -> SpoolEntry | None:
-        rows = await self._fetch(
-            f"SELECT {_COLUMNS}, body FROM relay_spool WHERE id = %s",  # noqa: S608
-            (entry_id,),
-        )
-        return _entry(rows[0][:-1], body=rows[0][-1]) if rows else None
-
-    async def retry(self, entry_id: int | None, max_age: float) -> int:
-        now = self._clock()
-        return await self._change(
-            "UPDATE relay_spool SET next_attempt = %(now)s, updated = %(now)s,"
-            " expires = CASE WHEN state = 'dead' THEN %(expires)s ELSE expires END,"
-            " state = 'queued'"
-            " WHERE state IN ('queued', 'dead') AND body IS NOT NULL"
-            " AND (%(id)s::bigint IS NULL OR id = %(id)s::bigint)",
-            {"now": now, "expires": now + max_age, "id": entry_id},
-        )
-
-    async def delete(self, entry_id: int) -> bool:
-        return await self._change("DELETE FROM relay_spool WHERE id = %s", (entry_id,)) > 0
-
-    async def stats(self) -> SpoolStats:
-        async def query(db: Connection) -> tuple[dict[str, int], Any, Any]:
-            cursor = await db.execute("SELECT state, COUNT(*) FROM relay_spool GROUP BY state")
-            counts = {state: int(count) for state, count in await cursor.fetchall()}
-            cursor = await db.execute(
-                "SELECT MIN(created), MAX(attempts) FROM relay_spool WHERE state = 'queued'"
-            )
-            row = await cursor.fetchone()
-            assert row is not None
-            return counts, row[0], row[1]
-
-        counts, oldest, attempts = await self._run(query)
-        age = max(self._clock() - oldest, 0.0) if oldest is not None else 0.0
-        return SpoolStats(
-            queued=counts.get("queued", 0),
-            dead=counts.get("dead", 0),
-            delivered=counts.get("delivered", 0),
-            oldest_age=age,
-            max_attempts=attempts or 0,
-        )
-
-    # -- plumbing ------------------------------------------------------------------------
-    async def _update(self, entry_id: int, assignments: str, *args: Any) -> None:
-        await self._change(
-            f"UPDATE relay_spool SET {assignments}, updated = %s WHERE id = %s",  # noqa: S608
-            (*args, self._clock(), entry_id),
-        )
-
-    async def _change(self, sql: str, args: Sequence[Any] | dict[str, Any]) -> int:
-        """Run one changing statement; how many rows it changed."""
-
+    async def _change(self, sql: str, params: Params) -> int:
         async def change(db: Connection) -> int:
-            cursor = await db.execute(sql, args)
+            cursor = await db.execute(sql, params)
             return cursor.rowcount
 
         return await self._run(change)
 
-    async def _fetch(self, sql: str, args: Sequence[Any] | dict[str, Any] = ()) -> list[Any]:
-        async def fetch(db: Connection) -> list[Any]:
-            cursor = await db.execute(sql, args)
-            return await cursor.fetchall()
-
-        return await self._run(fetch)
-
+    # -- plumbing ------------------------------------------------------------------------
     async def _run(self, work: Work[T]) -> T:
         """``work(connection)`` on a pooled (autocommit) connection, within ``timeout``.
 
@@ -309,16 +189,12 @@ class PostgresSpool:
         return result
 
     async def _ensure_schema(self) -> None:
-        if self._migrated:
-            return
-        async with self._migrating:
-            if self._migrated:
-                return
-            async with self._pool.connection() as db:
-                applied = await migrate(db)
-            if applied and self._log_events:
-                log.info("spool_migrated", spool=self._location, versions=applied)
-            self._migrated = True
+        if not self.migrator.done:  # once done, no pool connection is taken for it
+            await self.migrator.ensure(self._pool.connection)
+
+    def _log_migrated(self, versions: list[int]) -> None:
+        if self._log_events:
+            log.info("spool_migrated", spool=self._location, versions=versions)
 
     def _set_available(self, available: bool, why: str = "") -> None:
         if available == self._available:
@@ -352,16 +228,3 @@ def _connect_options(url: str) -> dict[str, Any]:
     if "connect_timeout" not in given:
         options["connect_timeout"] = CONNECT_TIMEOUT
     return options
-
-
-def _entry(row: Sequence[Any], body: bytes | None = None) -> SpoolEntry:
-    """The entry for a row of ``_COLUMNS`` (and its body when selected)."""
-    (entry_id, key, state, mail_from, rcpt_tos, size, attempts, created, updated,
-     next_attempt, expires, last_error, message_ids, bounced, claimed_until,
-     route) = row  # fmt: skip
-    return SpoolEntry(
-        int(entry_id), key, state, mail_from, tuple(rcpt_tos), size, attempts,
-        created, updated, next_attempt, expires, last_error,
-        tuple(message_ids or ()), bool(bounced), claimed_until,
-        bytes(body) if body is not None else None, route,
-    )  # fmt: skip
