@@ -18,7 +18,10 @@ connection pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
   reached is not fatal: each call then raises ``SpoolUnavailable`` within ``timeout``
   seconds, the pool keeps reconnecting in the background, and the first call after the
   database is back migrates and proceeds. The switch is logged once each way
-  (``spool_unavailable`` / ``spool_recovered``) and reported to ``on_change``.
+  (``spool_unavailable`` / ``spool_recovered``) and reported to ``on_change``. A call that
+  found no connection in time gives libpq's reason for the pool's last failed attempt
+  (``certificate verify failed``, ``Connection refused``), not just "timed out": the pool
+  connects in the background and would otherwise keep it to its own log line.
 - ``location`` and every message carry the URL with its password masked.
 """
 
@@ -28,11 +31,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.config import mask_url_password
 from relay.delivery.spool.base import SpoolEntry, SpoolStats, State
@@ -85,6 +88,7 @@ class PostgresSpool:
         self._on_change = on_change
         self._location = mask_url_password(url)
         self._available = True
+        self._connect_error = ""  # why the last connection attempt failed ("": it did not)
         self._migrated = False
         self._migrating = asyncio.Lock()
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
@@ -94,6 +98,7 @@ class PostgresSpool:
             open=False,
             timeout=timeout,
             kwargs=_connect_options(url),
+            connection_class=_reporting(self._connected),
             check=AsyncConnectionPool.check_connection,
             # Give up a reconnection round after 10 s: the next call starts a fresh one, so
             # a long outage does not stretch the pool's backoff past the recovery.
@@ -302,7 +307,8 @@ class PostgresSpool:
                 async with self._pool.connection() as db:
                     result = await work(db)
         except (psycopg.Error, TimeoutError) as exc:
-            why = _describe(exc)
+            timed_out = isinstance(exc, TimeoutError | PoolTimeout)
+            why = (timed_out and self._connect_error) or _describe(exc)
             self._set_available(False, why)
             raise SpoolUnavailable(f"spool {self._location}: {why}") from exc
         self._set_available(True)
@@ -320,6 +326,10 @@ class PostgresSpool:
                 log.info("spool_migrated", spool=self._location, versions=applied)
             self._migrated = True
 
+    def _connected(self, error: str) -> None:
+        """The pool's connection attempt ended: ``error`` is libpq's reason, "" on success."""
+        self._connect_error = error
+
     def _set_available(self, available: bool, why: str = "") -> None:
         if available == self._available:
             return
@@ -330,6 +340,24 @@ class PostgresSpool:
             log.warning("spool_unavailable", spool=self._location, error=why)
         if self._on_change is not None:
             self._on_change(available)
+
+
+def _reporting(ended: Callable[[str], None]) -> type[Connection]:
+    """The pool's connection class: ``connect`` tells ``ended`` how each attempt ended
+    (``_describe`` of the failure, "" for a connection) before it returns or raises."""
+
+    class ReportingConnection(Connection):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                connection = await super().connect(*args, **kwargs)
+            except psycopg.Error as exc:
+                ended(_describe(exc))
+                raise
+            ended("")
+            return connection
+
+    return ReportingConnection
 
 
 async def _nothing(db: Connection) -> None:
