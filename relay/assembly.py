@@ -223,10 +223,12 @@ def build_sender(settings: Settings, metrics: RelayMetrics | None = None) -> Sen
 
 
 def api_transport(settings: Settings) -> httpx.AsyncBaseTransport:
-    """The transport AHASEND_API_TRANSPORT names, through the proxy the settings chose."""
+    """The transport AHASEND_API_TRANSPORT names, through the proxy the settings chose,
+    trusting the CAs they name (SSL_CERT_FILE / SSL_CERT_DIR) for the API and the proxy."""
     return build_transport(
-        settings.ahasend_api_transport, MAX_CONNECTIONS, proxy=settings.api_proxy
-    )
+        settings.ahasend_api_transport, MAX_CONNECTIONS, proxy=settings.api_proxy,
+        verify=settings.api_trust,
+    )  # fmt: skip
 
 
 def _metered_transport(

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import re
 import socket
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -38,6 +39,7 @@ from pydantic import (
 )
 
 from relay.delivery.proxy import ProxyURL, choose_proxy
+from relay.delivery.transport import trust_context
 from relay.envfile import read_env_file
 from relay.errors import ConfigError
 
@@ -112,6 +114,10 @@ class Settings(BaseModel):
     http_proxy: SecretStr | None = None
     all_proxy: SecretStr | None = None
     no_proxy: str | None = None
+    # The CAs that verify the API's certificate and an https:// proxy's, under OpenSSL's
+    # names (``gather``); unset, certifi's bundle (``relay.delivery.transport.trust_context``).
+    ssl_cert_file: Path | None = None
+    ssl_cert_dir: Path | None = None
 
     # -- SMTP listener --------------------------------------------------------------
     relay_host: str = "127.0.0.1"
@@ -375,6 +381,18 @@ class Settings(BaseModel):
         self.api_proxy  # noqa: B018 -- raises ValueError naming the variable
         return self
 
+    @property
+    def api_trust(self) -> ssl.SSLContext:
+        """The one TLS context of the API's requests: it verifies the API's certificate and
+        an https:// proxy's (SSL_CERT_FILE and/or SSL_CERT_DIR, else certifi's bundle)."""
+        return trust_context(self.ssl_cert_file, self.ssl_cert_dir)
+
+    @model_validator(mode="after")
+    def _require_usable_trust(self) -> Settings:
+        if self.ssl_cert_file is not None or self.ssl_cert_dir is not None:
+            self.api_trust  # noqa: B018 -- raises ValueError naming the variable
+        return self
+
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 LOOPBACK_NETWORKS: tuple[Network, ...] = (
@@ -479,6 +497,8 @@ PREFIXES = ("RELAY_", "AHASEND_")
 SYSTEMD_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 PROXY_VARIABLES = ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY")
 """The environment's egress proxies (and their lowercase spellings), read as curl reads them."""
+TRUST_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
+"""The CAs the API's requests trust, under OpenSSL's names (uppercase only, as it reads them)."""
 SECRET_FILES = {"AHASEND_API_KEY": "AHASEND_API_KEY_FILE",
                 "RELAY_AUTH_PASSWORD": "RELAY_AUTH_PASSWORD_FILE",
                 "RELAY_SPOOL_URL": "RELAY_SPOOL_URL_FILE"}  # fmt: skip
@@ -489,7 +509,8 @@ def known_names() -> frozenset[str]:
     """Every ``RELAY_*``/``AHASEND_*`` variable the relay reads."""
     fields = {name.upper() for name in Settings.model_fields}
     return frozenset(
-        fields - set(SYSTEMD_VARIABLES) - set(PROXY_VARIABLES) | set(SECRET_FILES.values())
+        fields - set(SYSTEMD_VARIABLES) - set(PROXY_VARIABLES) - set(TRUST_VARIABLES)
+        | set(SECRET_FILES.values())
     )
 
 
@@ -528,6 +549,8 @@ def gather(
                if name.upper().startswith(PREFIXES)}  # fmt: skip
     merged |= {name: environ[name] for name in SYSTEMD_VARIABLES if name in environ}
     merged |= _proxy_variables(environ)
+    merged |= {name: environ[name] for name in TRUST_VARIABLES if environ.get(name, "").strip()}
+    merged = {n: v for n, v in merged.items() if n not in TRUST_VARIABLES or v.strip()}
     for name, file_variable in SECRET_FILES.items():
         secret = _secret_value(name, merged, file_variable, environ.get("CREDENTIALS_DIRECTORY"))
         merged.pop(file_variable, None)

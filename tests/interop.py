@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from relay.config import PROXY_VARIABLES
+from relay.config import PROXY_VARIABLES, TRUST_VARIABLES
 from tests.harness import running_relay, settings_for
 from tests.paths import REPO
 from tests.standin import Recorded, StandIn
@@ -99,7 +99,11 @@ def serving_process(**env: str) -> Iterator[Served]:
     """
     with StandIn() as standin:
         environ = (
-            {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARIABLES}
+            {
+                k: v
+                for k, v in os.environ.items()
+                if k.upper() not in PROXY_VARIABLES and k not in TRUST_VARIABLES
+            }
             | {
                 "AHASEND_API_KEY": standin.api_key,
                 "AHASEND_ACCOUNT_ID": standin.account_id,

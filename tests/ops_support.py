@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from relay.config import PROXY_VARIABLES
+from relay.config import PROXY_VARIABLES, TRUST_VARIABLES
 from tests.paths import REPO
 
 START_TIMEOUT = 15.0
@@ -30,6 +30,7 @@ def clean_env(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("AHASEND_", "RELAY_", "NOTIFY_", "WATCHDOG_"))
         and k.upper() not in PROXY_VARIABLES  # a proxy of the test host must not steer it
+        and k not in TRUST_VARIABLES  # nor its CA bundle
     }
     env["PYTHONPATH"] = str(REPO)
     return env | extra

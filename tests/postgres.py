@@ -9,24 +9,32 @@ Host connections need a password (``scram-sha-256``), as a real deployment's do,
 can prove the password never reaches a log line. ``database()`` makes a fresh database
 owned by the test role and returns its libpq URL; ``stop()`` / ``start()`` take the server
 away and bring it back on the same port (a database outage).
+
+``PgCluster(tls=ServerTls(cert, key))`` starts the server with ``ssl=on`` and that
+certificate (its key copied in, owned by the server, mode 0600), logs each connection
+(``log_connections``: the server log says ``SSL enabled`` for a TLS one), and with
+``required`` (the default) accepts host connections on ``hostssl`` lines only: a client
+without TLS is refused.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.harness import free_port
 
-__all__ = ["PgCluster", "pg_cluster", "running_cluster"]
+__all__ = ["PgCluster", "ServerTls", "pg_cluster", "running_cluster"]
 
 BINARIES = Path("/usr/lib/postgresql")
 ROLE = "relay"
@@ -41,14 +49,24 @@ def bindir() -> Path:
     return found[-1].parent
 
 
+@dataclass(frozen=True)
+class ServerTls:
+    """The server's certificate (PEM, chain first) and key; ``required``: TLS or refused."""
+
+    cert: Path
+    key: Path
+    required: bool = True
+
+
 class PgCluster:
     """One private cluster: start it, make databases, stop and restart it."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerTls | None = None) -> None:
         self.bin = bindir()
         self.root = Path(tempfile.mkdtemp(prefix="relay-pg-"))
         self.data = self.root / "data"
         self.port = free_port()
+        self.tls = tls
         self._as_postgres = os.geteuid() == 0
         self._counter = 0
 
@@ -72,6 +90,28 @@ class PgCluster:
             "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
         )  # fmt: skip
         pwfile.unlink()
+        if self.tls is not None:
+            self._install_tls(self.tls)
+
+    def _own(self, path: Path) -> Path:
+        """``path`` made the cluster owner's, readable by it alone."""
+        path.chmod(0o600)
+        if self._as_postgres:
+            shutil.chown(path, "postgres", "postgres")
+        return path
+
+    def _install_tls(self, tls: ServerTls) -> None:
+        """Copy the certificate and key in (the server refuses a key others can read);
+        with ``required``, turn the ``host`` lines of pg_hba.conf into ``hostssl`` ones."""
+        self._own(Path(shutil.copyfile(tls.cert, self.root / "server.crt")))
+        self._own(Path(shutil.copyfile(tls.key, self.root / "server.key")))
+        if tls.required:
+            hba = self.data / "pg_hba.conf"
+            lines = hba.read_text(encoding="utf-8").splitlines()
+            hba.write_text(
+                "".join(re.sub(r"^host(\s)", r"hostssl\1", line) + "\n" for line in lines),
+                encoding="utf-8",
+            )
 
     SERVER_SETTINGS = "-c fsync=off -c max_connections=200"
     """``postgres`` options beyond where it listens: no flush to disk, for quick tests."""
@@ -82,6 +122,11 @@ class PgCluster:
             f"-c listen_addresses=127.0.0.1 -c port={self.port} "
             f"-c unix_socket_directories={self.root} {self.SERVER_SETTINGS}"
         )
+        if self.tls is not None:
+            options += (
+                f" -c ssl=on -c ssl_cert_file={self.root / 'server.crt'}"
+                f" -c ssl_key_file={self.root / 'server.key'} -c log_connections=on"
+            )
         self._run(
             str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.root / "server.log"),
             "-o", options, "-w", "-t", "30", "start",
@@ -98,6 +143,10 @@ class PgCluster:
             "-d", database, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql,
         )  # fmt: skip
         return done.stdout.strip()
+
+    def server_log(self) -> str:
+        """What the server has logged so far (each connection, with ``tls``)."""
+        return (self.root / "server.log").read_text(encoding="utf-8", errors="replace")
 
     def url(self, database: str, *, password: str = PASSWORD) -> str:
         """The libpq URL of ``database`` over TCP with the role's password."""
@@ -120,10 +169,10 @@ class PgCluster:
 
 
 @contextmanager
-def running_cluster() -> Iterator[PgCluster]:
-    """A new private cluster, initialised and started; destroyed on exit. Tests that stop
-    and start the server take one of their own."""
-    cluster = PgCluster()
+def running_cluster(tls: ServerTls | None = None) -> Iterator[PgCluster]:
+    """A new private cluster (with ``tls``, see ``PgCluster``), initialised and started;
+    destroyed on exit. Tests that stop and start the server take one of their own."""
+    cluster = PgCluster(tls)
     try:
         cluster.init()
         cluster.start()

@@ -3,6 +3,10 @@
 Each instance has its own configuration file, log and pid file in a temporary directory and
 runs in the foreground (``-d``) as the current user; ``requests`` reads what crossed it from
 its log (``LogLevel Connect``: one ``Request (file descriptor N): METHOD URL`` line each).
+
+``TlsFront`` makes it an ``https://`` proxy (TLS to the proxy itself): Debian's HAProxy in
+TCP mode terminating TLS with a given certificate and passing the bytes on to the tinyproxy,
+so the proxy URL is ``https://[user:password@]127.0.0.1:PORT``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 TINYPROXY = "/usr/bin/tinyproxy"
+HAPROXY = "/usr/sbin/haproxy"
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
 
 
@@ -65,30 +70,11 @@ class TinyProxy:
             [TINYPROXY, "-d", "-c", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        self._wait_listening()
+        _wait_listening(self._process, self.port, "tinyproxy")
         return self
 
-    def _wait_listening(self, timeout: float = 10.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
-                raise RuntimeError(f"tinyproxy exited with {self._process.returncode}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("tinyproxy did not listen")
-
     def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait(10)
+        _stop(self._process)
         self._process = None
 
     def __enter__(self) -> TinyProxy:
@@ -101,3 +87,87 @@ class TinyProxy:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class TlsFront:
+    """``with TlsFront(directory, proxy, cert, key) as front:`` HAProxy terminating TLS
+    (``cert``: PEM chain, ``key``: its key) on a free port in front of the started ``proxy``;
+    ``url`` is the proxy's URL with the ``https`` scheme and this port."""
+
+    def __init__(self, directory: Path, proxy: TinyProxy, cert: Path, key: Path) -> None:
+        assert shutil.which(HAPROXY), "haproxy missing: .ci/run installs it"
+        self.directory = directory
+        self.proxy = proxy
+        self.port = free_port()
+        self.pem = directory / "front.pem"  # HAProxy's crt: the chain, then the key
+        self.pem.write_bytes(cert.read_bytes() + key.read_bytes())
+        self.pem.chmod(0o600)
+        self.log = directory / "haproxy.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """``https://127.0.0.1:PORT``, with the tinyproxy's credentials when it has them."""
+        userinfo = f"{self.proxy.user}:{self.proxy.password}@" if self.proxy.user else ""
+        return f"https://{userinfo}127.0.0.1:{self.port}"
+
+    def start(self) -> TlsFront:
+        config = self.directory / "haproxy-front.cfg"
+        config.write_text(
+            "global\n  maxconn 100\n"
+            "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n"
+            "  timeout server 30s\n"
+            f"frontend tls\n  bind 127.0.0.1:{self.port} ssl crt {self.pem}\n"
+            "  default_backend tinyproxy\n"
+            f"backend tinyproxy\n  server tinyproxy 127.0.0.1:{self.proxy.port}\n",
+            encoding="utf-8",
+        )
+        with self.log.open("ab") as out:
+            self._process = subprocess.Popen(
+                [HAPROXY, "-db", "-f", str(config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out,
+            )  # fmt: skip
+        _wait_listening(self._process, self.port, "haproxy")
+        return self
+
+    def stop(self) -> None:
+        _stop(self._process)
+        self._process = None
+
+    def __enter__(self) -> TlsFront:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _wait_listening(
+    process: subprocess.Popen[bytes], port: int, name: str, timeout: float = 10.0
+) -> None:
+    """Return once ``process`` accepts connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"{name} did not listen")
+
+
+def _stop(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``process`` if it runs, SIGKILL if it lingers."""
+    if process is not None and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)

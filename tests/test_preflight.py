@@ -49,6 +49,13 @@ def tenant_key_file_missing(tmp: Path) -> tuple[dict[str, str], int, str]:
     return {"RELAY_TENANTS_FILE": str(tenants)}, EX_CONFIG, "api_key_file: cannot read"
 
 
+def api_ca_file_missing(tmp: Path) -> tuple[dict[str, str], int, str]:
+    # Before relay.config read it, httpx alone did, building the transport: check-config
+    # passed, and serve (not dry-run) exited 71 "cannot listen on ...: No such file ...".
+    path = tmp / "ca.pem"
+    return {"SSL_CERT_FILE": str(path)}, EX_CONFIG, f"SSL_CERT_FILE: cannot read {path}"
+
+
 def spool_directory_impossible(tmp: Path) -> tuple[dict[str, str], int, str]:
     blocker = tmp / "a-file"
     blocker.write_text("not a directory\n", encoding="utf-8")
@@ -60,6 +67,7 @@ CASES: list[Case] = [
     users_file_missing,
     tls_files_missing,
     tenant_key_file_missing,
+    api_ca_file_missing,
     spool_directory_impossible,
 ]
 

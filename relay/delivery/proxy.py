@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -73,14 +74,17 @@ class ProxyURL:
     def __repr__(self) -> str:
         return f"ProxyURL({self.masked!r}, source={self.source!r})"
 
-    def to_httpx(self) -> httpx.Proxy:
+    def to_httpx(self, trust: ssl.SSLContext | None = None) -> httpx.Proxy:
         """The ``httpx.Proxy`` both transports take; credentials as a ``Proxy-Authorization``
-        header (both send ``proxy.headers``; aiohttp deprecates its ``BasicAuth``)."""
+        header (both send ``proxy.headers``; aiohttp deprecates its ``BasicAuth``). ``trust``
+        verifies an https proxy's certificate with httpx's transport (aiohttp's uses its
+        connector's context, the API's, for the proxy too)."""
         headers = {}
         if self.username or self.password:
             token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             headers["Proxy-Authorization"] = f"Basic {token}"
-        return httpx.Proxy(self._url(None), headers=headers)
+        context = trust if self.scheme == "https" else None  # httpcore: none for http://
+        return httpx.Proxy(self._url(None), headers=headers, ssl_context=context)
 
     def _url(self, password: str | None) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host

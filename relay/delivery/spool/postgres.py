@@ -22,7 +22,10 @@ pool (``psycopg_pool``), chosen by measurement (``bench/README.md``).
   ``SpoolUnavailable`` within ``timeout`` seconds, the pool keeps reconnecting in the
   background, and the first call after the database is back migrates and proceeds. The
   switch is logged once each way (``spool_unavailable`` / ``spool_recovered``) and
-  reported to ``on_change``.
+  reported to ``on_change``. A call that found no connection in time gives libpq's reason
+  for the pool's last failed attempt (``certificate verify failed``, ``Connection
+  refused``), not just "timed out": the pool connects in the background and would
+  otherwise keep it to its own log line.
 - ``location`` and every message carry the URL with its password masked.
 """
 
@@ -32,11 +35,11 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import psycopg
 from psycopg.rows import TupleRow
-from psycopg_pool import AsyncConnectionPool
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from relay.config import mask_url_password
 from relay.delivery.spool.pg_schema import Migrator
@@ -103,6 +106,7 @@ class PostgresSpool(SqlSpool):
         self.migrator = Migrator(on_applied=self._log_migrated)
         """Migrates this spool's database once; the shared bucket (``pacing_shared``) on the
         same database uses it too, so whichever comes first migrates, logged here."""
+        self._connect_error = ""  # why the last connection attempt failed ("": it did not)
         self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             url,
             min_size=1,
@@ -110,6 +114,7 @@ class PostgresSpool(SqlSpool):
             open=False,
             timeout=timeout,
             kwargs=_connect_options(url),
+            connection_class=_reporting(self._connected),
             check=AsyncConnectionPool.check_connection,
             # Give up a reconnection round after 10 s: the next call starts a fresh one, so
             # a long outage does not stretch the pool's backoff past the recovery.
@@ -182,7 +187,8 @@ class PostgresSpool(SqlSpool):
                 async with self._pool.connection() as db:
                     result = await work(db)
         except (psycopg.Error, TimeoutError) as exc:
-            why = _describe(exc)
+            timed_out = isinstance(exc, TimeoutError | PoolTimeout)
+            why = (timed_out and self._connect_error) or _describe(exc)
             self._set_available(False, why)
             raise SpoolUnavailable(f"spool {self._location}: {why}") from exc
         self._set_available(True)
@@ -196,6 +202,10 @@ class PostgresSpool(SqlSpool):
         if self._log_events:
             log.info("spool_migrated", spool=self._location, versions=versions)
 
+    def _connected(self, error: str) -> None:
+        """The pool's connection attempt ended: ``error`` is libpq's reason, "" on success."""
+        self._connect_error = error
+
     def _set_available(self, available: bool, why: str = "") -> None:
         if available == self._available:
             return
@@ -206,6 +216,24 @@ class PostgresSpool(SqlSpool):
             log.warning("spool_unavailable", spool=self._location, error=why)
         if self._on_change is not None:
             self._on_change(available)
+
+
+def _reporting(ended: Callable[[str], None]) -> type[Connection]:
+    """The pool's connection class: ``connect`` tells ``ended`` how each attempt ended
+    (``_describe`` of the failure, "" for a connection) before it returns or raises."""
+
+    class ReportingConnection(Connection):
+        @classmethod
+        async def connect(cls, *args: Any, **kwargs: Any) -> Self:
+            try:
+                connection = await super().connect(*args, **kwargs)
+            except psycopg.Error as exc:
+                ended(_describe(exc))
+                raise
+            ended("")
+            return connection
+
+    return ReportingConnection
 
 
 async def _nothing(db: Connection) -> None:
