@@ -18,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 TINYPROXY = "/usr/bin/tinyproxy"
 HAPROXY = "/usr/sbin/haproxy"
@@ -32,7 +33,31 @@ def free_port() -> int:
     return port
 
 
-class TinyProxy:
+class _Served:
+    """A server process of the tests: ``start()`` it (or ``with``), ``stop()`` it."""
+
+    _process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        _stop(self._process)
+        self._process = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class TinyProxy(_Served):
     """``with TinyProxy(tmp_path) as proxy:`` a started tinyproxy; ``user``/``password``
     turn on its ``BasicAuth`` (then every request must carry ``Proxy-Authorization``)."""
 
@@ -73,23 +98,8 @@ class TinyProxy:
         _wait_listening(self._process, self.port, "tinyproxy")
         return self
 
-    def stop(self) -> None:
-        _stop(self._process)
-        self._process = None
 
-    def __enter__(self) -> TinyProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-
-class TlsFront:
+class TlsFront(_Served):
     """``with TlsFront(directory, proxy, cert, key) as front:`` HAProxy terminating TLS
     (``cert``: PEM chain, ``key``: its key) on a free port in front of the started ``proxy``;
     ``url`` is the proxy's URL with the ``https`` scheme and this port."""
@@ -129,21 +139,6 @@ class TlsFront:
             )  # fmt: skip
         _wait_listening(self._process, self.port, "haproxy")
         return self
-
-    def stop(self) -> None:
-        _stop(self._process)
-        self._process = None
-
-    def __enter__(self) -> TlsFront:
-        return self.start()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def _wait_listening(
