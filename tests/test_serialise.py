@@ -1,12 +1,13 @@
 """relay.translate.wire: the request body is the same compact UTF-8 JSON with or without
 orjson, in memory or streamed (attachment data left in the received message); a dry run
-reads a streamed one."""
+logs a streamed one as it logs the same body in memory, without copying its data."""
 
 from __future__ import annotations
 
 import base64
 import json
 import os
+import tracemalloc
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ import structlog
 
 from relay.delivery.sender import DryRunSender
 from relay.translate.rawslice import CHUNK, RawBase64, RawEncoded
-from relay.translate.wire import DUMPS, Dumps, StreamedBody, json_dumps, serialise
+from relay.translate.wire import DUMPS, Body, Dumps, StreamedBody, json_dumps, serialise
 
 PAYLOAD: dict[str, Any] = {
     "from": {"email": "zoe@example.test", "name": "Zoë Ünïcode"},
@@ -92,13 +93,43 @@ def test_anything_else_json_cannot_take_is_still_refused(dumps: Dumps) -> None:
         serialise(PAYLOAD | {"subject": object()}, dumps)
 
 
-async def test_a_dry_run_logs_a_streamed_body_abbreviated() -> None:
-    _, slices, values = _raw_attachments(1)
-    body = serialise(_with(slices))
-    assert isinstance(body, StreamedBody)
+async def _dry_run(body: Body) -> dict[str, Any]:
+    """The payload a dry run logs for ``body``."""
     with structlog.testing.capture_logs() as logs:
         delivery = await DryRunSender().send(body, "k")
     assert delivery.status is None
     (event,) = [e for e in logs if e["event"] == "dry_run"]
-    shown = event["payload"]["attachments"][0]["data"]
-    assert shown == f"{values[0][:40]}... ({len(values[0])} chars)"
+    payload: dict[str, Any] = event["payload"]
+    return payload
+
+
+async def test_a_dry_run_logs_a_streamed_body_as_it_logs_the_same_body_in_memory() -> None:
+    """Both kinds of data left in the message, beside data in the JSON, long and short."""
+    raw, slices, values = _raw_attachments(1)
+    start = len(raw)
+    raw += os.urandom(3 * CHUNK)
+    encoded = base64.b64encode(raw[start:]).decode("ascii")
+    inline = base64.b64encode(os.urandom(300)).decode("ascii")
+    streamed = serialise(_with([slices[0], RawEncoded(raw, start, len(raw)), inline, "QQ=="]))
+    assert isinstance(streamed, StreamedBody)
+    in_memory = serialise(_with([values[0], encoded, inline, "QQ=="]))
+    assert isinstance(in_memory, bytes)
+    shown = await _dry_run(streamed)
+    assert shown == await _dry_run(in_memory)
+    data = [a["data"] for a in shown["attachments"]]
+    assert data == [f"{values[0][:40]}... ({len(values[0])} chars)",
+                    f"{encoded[:40]}... ({len(encoded)} chars)",
+                    f"{inline[:40]}... ({len(inline)} chars)", "QQ=="]  # fmt: skip
+
+
+async def test_a_dry_run_of_a_streamed_body_does_not_copy_its_data() -> None:
+    raw = bytearray(os.urandom(8 * 1024 * 1024))
+    body = serialise(_with([RawEncoded(raw, 0, len(raw))]))
+    assert isinstance(body, StreamedBody)
+    tracemalloc.start()
+    try:
+        await _dry_run(body)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, peak  # the body as bytes would be 11 MiB

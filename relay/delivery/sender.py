@@ -8,12 +8,13 @@ Idempotency-Key, and either returns a ``Delivery`` or raises a ``replies.RelayEr
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.ops.log import get_logger
-from relay.translate.wire import Body, as_bytes
+from relay.translate.wire import Body
 
 __all__ = ["Delivery", "DryRunSender", "Sender", "abbreviate", "refusals"]
 
@@ -55,11 +56,14 @@ class Sender(Protocol):
 
 
 class DryRunSender:
-    """Logs the payload that would be sent (attachment data abbreviated); never networks."""
+    """Logs the payload that would be sent (attachment data abbreviated); never networks.
+
+    A streamed body is logged from its ``abbreviated`` form: a large attachment is not
+    copied to be logged (a dry run costs what delivery costs)."""
 
     async def send(self, body: Body, idempotency_key: str) -> Delivery:
-        payload = json.loads(as_bytes(body))  # a streamed body materialised: a dry run
-        log.info("dry_run", idempotency_key=idempotency_key, payload=abbreviate(payload))
+        text = body if isinstance(body, bytes) else body.abbreviated(_SHOWN_DATA, _cut)
+        log.info("dry_run", idempotency_key=idempotency_key, payload=abbreviate(json.loads(text)))
         return Delivery(status=None)  # nothing was sent
 
     async def aclose(self) -> None:
@@ -77,6 +81,15 @@ def abbreviate(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _abbreviate_attachment(attachment: dict[str, Any]) -> dict[str, Any]:
     data = str(attachment.get("data", ""))
-    if len(data) <= _SHOWN_DATA:
+    if len(data) <= _SHOWN_DATA or _CUT.fullmatch(data):  # short, or cut as it was streamed
         return attachment
-    return {**attachment, "data": f"{data[:_SHOWN_DATA]}... ({len(data)} chars)"}
+    return {**attachment, "data": _cut(data[:_SHOWN_DATA], len(data))}
+
+
+def _cut(first: str, length: int) -> str:
+    """Attachment data as a dry run shows it: its first characters and its length."""
+    return f"{first}... ({length} chars)"
+
+
+_CUT = re.compile(rf"[A-Za-z0-9+/=]{{0,{_SHOWN_DATA}}}\.\.\. \(\d+ chars\)")
+"""What ``_cut`` makes (base64 data never holds a space or parentheses)."""

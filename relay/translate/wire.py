@@ -5,7 +5,8 @@ message). A payload holding ``rawslice.RawData`` attachment data (a large messag
 ``relay.translate.elision``) gives a ``StreamedBody`` instead: the JSON around the data
 serialised once, the data written from the received message piece by piece when the body
 is sent, so a 20 MiB attachment is never copied into the body. Its bytes are exactly the
-JSON the plain payload serialises to.
+JSON the plain payload serialises to; a dry run logs it ``abbreviated`` (the data cut to
+its first characters without being read further).
 """
 
 from __future__ import annotations
@@ -65,8 +66,27 @@ class StreamedBody:
                 yield from piece.chunks()
 
     def to_bytes(self) -> bytes:
-        """The whole body in memory (the spool, a dry run, a bounce: one copy of it)."""
+        """The whole body in memory (the spool, a bounce: one copy of it)."""
         return b"".join(self.chunks())
+
+    def abbreviated(self, shown: int, cut: Callable[[str, int], str]) -> bytes:
+        """The body with each piece of attachment data replaced by ``cut(first, length)``:
+        its first ``shown`` characters and its length (a dry run's log line; the data
+        itself is neither copied nor encoded beyond those characters)."""
+        return b"".join(
+            piece if isinstance(piece, bytes) else cut(_first(piece, shown), len(piece)).encode()
+            for piece in self.pieces
+        )
+
+
+def _first(data: RawData, shown: int) -> str:
+    """The first ``shown`` characters of ``data`` (all of it when shorter)."""
+    first = b""
+    for chunk in data.chunks(max(shown, 64)):
+        first += chunk
+        if len(first) >= shown:
+            break
+    return first[:shown].decode("ascii")
 
 
 Body: TypeAlias = bytes | StreamedBody
