@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import email
 import email.policy
 import os
 from collections import Counter
@@ -141,6 +142,24 @@ def _signed() -> bytes:
     )  # fmt: skip
 
 
+def _signed_forward(signature_first: bool = False) -> bytes:
+    """Signed mail whose content holds an attached message (itself holding a large PDF);
+    the signature part last, as clients write it, or first."""
+    forwarded = email.message_from_bytes(_in_rfc822(), policy=SMTP)
+    content = forwarded.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)
+    ctype = forwarded["Content-Type"].encode()
+    entity = b"Content-Type: " + ctype + b"\r\n\r\n" + content[1]
+    signature = (b"Content-Type: application/pkcs7-signature\r\n"
+                 b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n")  # fmt: skip
+    first, second = (signature, entity) if signature_first else (entity, signature)
+    return (
+        b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: signed forward\r\n"
+        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
+        b'boundary="s1"\r\n\r\n--s1\r\n' + first + b"\r\n--s1\r\n" + second
+        + b"\r\n--s1--\r\n"
+    )  # fmt: skip
+
+
 def _equals_inside() -> bytes:
     data = _lines(os.urandom(BIG))
     middle = len(data) // 2
@@ -180,6 +199,7 @@ LAZY = {
     "right before the boundary": _next_to_boundary,
     "in a message/rfc822 (the message as received)": _in_rfc822,
     "in a multipart/signed (the signature dropped)": _signed,
+    "a message attached in signed mail": _signed_forward,
     "text/plain attachment": lambda: _text_leaf("text/plain", "attachment"),
     "text/csv, no disposition": lambda: _text_leaf("text/csv"),
     "text/html with a file name": lambda: _text_leaf('text/html; name="a.html"'),
@@ -191,6 +211,7 @@ PLAIN = {
     "inline text/plain base64 (the body)": lambda: _text_leaf("text/plain"),
     "inline text/html base64 (the body)": lambda: _text_leaf("text/html", "inline"),
     "inline AMP base64": lambda: _text_leaf("text/x-amp-html"),
+    "a message attached in signed mail, the signature first": lambda: _signed_forward(True),
     "invalid base64 length": _bad_length,
     "'=' in the middle": _equals_inside,
     "two blank lines after it": _two_blank_lines,

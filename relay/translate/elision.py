@@ -23,7 +23,8 @@ plain parse gives, except in two kinds of parts whose data is then left in ``raw
   such as a CSV report is safe), it has no parse defect, and no ``message/*`` is above it
   (its bytes are used whole);
 - an attached message sent as received (``attachments.verbatim_body``; a
-  ``rawslice.RawEncoded`` of its bytes), not inside another one or signed content: its
+  ``rawslice.RawEncoded`` of its bytes), not inside another one nor in signed content
+  whose signature part comes first (``parts.keeps_places``): its
   own tree keeps its placeholders, since nothing reads it but its headers (the fallback,
   re-serialising it, is only taken when ``verbatim_body`` finds no such bytes).
 
@@ -41,7 +42,7 @@ from email.message import Message
 from typing import Final
 
 from relay.translate.attachments import verbatim_body
-from relay.translate.parts import read_as_text
+from relay.translate.parts import keeps_places, read_as_text
 from relay.translate.rawslice import RawBase64, RawData, RawEncoded
 from relay.translate.tree import (
     POLICY,
@@ -140,9 +141,10 @@ class _Elided:
         """Every placeholder of ``msg`` put back, but in the safe leaves (module doc).
 
         Below a ``message/*`` part nothing is left by reference (such a part is sent whole:
-        as received, or re-serialised from its restored tree); below ``multipart/signed``
-        no attached message is (``Content``'s paths there skip the signature part, so its
-        bytes are found by another path on the plain parse)."""
+        as received, or re-serialised from its restored tree); below a ``multipart/signed``
+        whose signature part comes before signed content, no attached message is
+        (``Content``'s paths skip the signature parts, so there its bytes are looked for at
+        another place on the plain parse)."""
         lazy: dict[int, RawData] = {}
         stack: list[tuple[Message, tuple[int, ...], bool, bool]] = [(msg, (), False, False)]
         while stack:
@@ -154,8 +156,8 @@ class _Elided:
                 continue
             if part.is_multipart():
                 ctype = content_type(part)
-                below = (in_message or ctype.startswith("message/"),
-                         in_signed or ctype == "multipart/signed")  # fmt: skip
+                moved = ctype == "multipart/signed" and not keeps_places(part)
+                below = (in_message or ctype.startswith("message/"), in_signed or moved)
                 stack.extend((sub, (*path, i), *below) for i, sub in enumerate(subparts(part)))
                 continue
             leaf = None if in_message else self._lazy(part)

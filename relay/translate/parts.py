@@ -53,7 +53,15 @@ from relay.translate.rawslice import RawData
 from relay.translate.transfer import payload_bytes
 from relay.translate.tree import Raw, charset, content_type, disposition, param, subparts
 
-__all__ = ["BODY_TYPES", "EMPTY_BODY", "Content", "is_inline", "read_as_text"]
+__all__ = [
+    "BODY_TYPES",
+    "EMPTY_BODY",
+    "Content",
+    "is_inline",
+    "is_signature",
+    "keeps_places",
+    "read_as_text",
+]
 
 EMPTY_BODY: Final = "\n"
 """``text_content`` of a message with no text or HTML body: the API requires one of them."""
@@ -167,7 +175,7 @@ class Content:
 
     def _unsigned(self, children: list[Message]) -> list[Message]:
         """The children of a multipart/signed without its signature part (noted)."""
-        kept = [c for c in children if content_type(c) not in _SIGNATURES]
+        kept = [c for c in children if not is_signature(c)]
         if len(kept) < len(children) and SIGNATURE_REMOVED not in self.notices:
             self.notices.append(SIGNATURE_REMOVED)
         return kept
@@ -189,6 +197,19 @@ class Content:
     def _add_leaf(self, part: Message, ctype: str, path: tuple[int, ...], related: bool) -> None:
         lazy = self.lazy.get(id(part))
         self.leaves.append(Leaf(part, ctype, path, related, self.raw, self.root, lazy))
+
+
+def is_signature(part: Message) -> bool:
+    """Whether ``part`` is a signature part (S/MIME or PGP), dropped from signed mail."""
+    return content_type(part) in _SIGNATURES
+
+
+def keeps_places(signed: Message) -> bool:
+    """Whether dropping the signatures of ``signed`` (a multipart/signed) leaves every other
+    child at its place: no signature part comes before a signed one."""
+    children = subparts(signed)
+    first = next((i for i, child in enumerate(children) if is_signature(child)), len(children))
+    return all(is_signature(child) for child in children[first:])
 
 
 def is_inline(part: Message) -> bool:
