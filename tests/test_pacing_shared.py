@@ -156,6 +156,8 @@ async def test_an_unreachable_database_paces_at_the_replicas_share() -> None:
     events = [e for e in logged if e["event"] == "pacing_shared_unavailable"]
     assert len(events) == 1, logged  # logged once, not per call
     assert events[0]["error"] == "OperationalError"
+    assert events[0]["reason"].startswith("connection failed: connection to server at")
+    assert events[0]["reason"].endswith("Connection refused")  # libpq's own words
     assert PASSWORD not in repr(logged)
 
 

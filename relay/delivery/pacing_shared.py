@@ -33,6 +33,7 @@ import psycopg
 
 from relay.delivery.pacing import Slot, TokenBucket
 from relay.delivery.spool.pg_schema import Migrator
+from relay.delivery.spool.postgres import describe_failure
 from relay.ops.log import get_logger
 
 __all__ = ["SharedBucket", "SharedBuckets", "TokenStore"]
@@ -156,6 +157,7 @@ class TokenStore:
             log.warning(
                 "pacing_shared_unavailable",
                 error=type(exc).__name__,
+                reason=describe_failure(exc),
                 retry_in=self._retry_interval,
             )
 

@@ -47,7 +47,7 @@ from relay.delivery.spool.sql import Dialect, Params, SqlSpool, Statements
 from relay.errors import SpoolUnavailable
 from relay.ops.log import get_logger
 
-__all__ = ["PostgresSpool"]
+__all__ = ["PostgresSpool", "describe_failure"]
 
 log = get_logger("relay.delivery.spool")
 T = TypeVar("T")
@@ -188,7 +188,7 @@ class PostgresSpool(SqlSpool):
                     result = await work(db)
         except (psycopg.Error, TimeoutError) as exc:
             timed_out = isinstance(exc, TimeoutError | PoolTimeout)
-            why = (timed_out and self._connect_error) or _describe(exc)
+            why = (timed_out and self._connect_error) or describe_failure(exc)
             self._set_available(False, why)
             raise SpoolUnavailable(f"spool {self._location}: {why}") from exc
         self._set_available(True)
@@ -220,7 +220,7 @@ class PostgresSpool(SqlSpool):
 
 def _reporting(ended: Callable[[str], None]) -> type[Connection]:
     """The pool's connection class: ``connect`` tells ``ended`` how each attempt ended
-    (``_describe`` of the failure, "" for a connection) before it returns or raises."""
+    (``describe_failure`` of the failure, "" for a connection) before it returns or raises."""
 
     class ReportingConnection(Connection):
         @classmethod
@@ -228,7 +228,7 @@ def _reporting(ended: Callable[[str], None]) -> type[Connection]:
             try:
                 connection = await super().connect(*args, **kwargs)
             except psycopg.Error as exc:
-                ended(_describe(exc))
+                ended(describe_failure(exc))
                 raise
             ended("")
             return connection
@@ -240,8 +240,9 @@ async def _nothing(db: Connection) -> None:
     """No work: ``_run`` of it reaches the database and migrates it."""
 
 
-def _describe(exc: BaseException) -> str:
-    """One line saying what went wrong (libpq's first line; never the URL's password)."""
+def describe_failure(exc: BaseException) -> str:
+    """One line saying what went wrong with a PostgreSQL call (libpq's first line; never the
+    URL's password): the spool's and the shared pacing bucket's log lines."""
     if isinstance(exc, TimeoutError):
         return "timed out"
     text = str(exc).strip().splitlines()
