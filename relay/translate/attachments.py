@@ -198,6 +198,9 @@ def _data(leaf: Leaf) -> str | RawData:
     return base64.b64encode(payload_bytes(part)).decode("ascii")
 
 
+_ENCODED: Final = ("base64", "quoted-printable")
+
+
 def verbatim_body(
     raw: Raw, root: Message, path: Sequence[int], part: Message
 ) -> tuple[int, int] | None:
@@ -205,24 +208,32 @@ def verbatim_body(
     it is sent exactly as received: neither base64 nor quoted-printable, found, and
     agreeing with the parse (its body's ``(start, end)``); None otherwise."""
     span = entity_span(raw, root, path)
-    if span is None or transfer_encoding(part) in ("base64", "quoted-printable"):
+    if span is None or transfer_encoding(part) in _ENCODED:
         return None
-    start = span[0] + body_start(memoryview(raw)[span[0] : span[1]])
-    return (start, span[1]) if _agrees(memoryview(raw)[start : span[1]], subparts(part)) else None
+    start, end = _body_span(raw, span)
+    return (start, end) if _agrees(memoryview(raw)[start:end], subparts(part)) else None
 
 
 def _message_bytes(leaf: Leaf) -> Raw:
     """An attached message as received; re-serialised when that cannot be found."""
-    found = verbatim_body(leaf.raw, leaf.root, leaf.path, leaf.part)
-    if found is not None:
-        return leaf.raw[found[0] : found[1]]
     span = entity_span(leaf.raw, leaf.root, leaf.path)
+    if span is None:
+        return _serialised(leaf.part)
+    start, end = _body_span(leaf.raw, span)
     encoding = transfer_encoding(leaf.part)
-    if span is not None and encoding in ("base64", "quoted-printable"):
-        body = leaf.raw[span[0] : span[1]]
-        body = body[body_start(body) :]
-        return b64decode_lenient(body) if encoding == "base64" else quopri.decodestring(body)
+    if encoding == "base64":
+        return b64decode_lenient(leaf.raw[start:end])
+    if encoding == "quoted-printable":
+        return quopri.decodestring(leaf.raw[start:end])
+    if _agrees(memoryview(leaf.raw)[start:end], subparts(leaf.part)):
+        return leaf.raw[start:end]
     return _serialised(leaf.part)
+
+
+def _body_span(raw: Raw, entity: tuple[int, int]) -> tuple[int, int]:
+    """The span of the body of the entity at ``entity`` in ``raw`` (after its headers)."""
+    start, end = entity
+    return start + body_start(memoryview(raw)[start:end]), end
 
 
 _SPACE: Final = re.compile(rb"\s*")
