@@ -117,11 +117,6 @@ class Migrator:
         self._done = False
         self._lock = asyncio.Lock()
 
-    @property
-    def done(self) -> bool:
-        """This process has brought the database up to date (or found it so)."""
-        return self._done
-
     async def ensure(self, connect: Callable[[], AbstractAsyncContextManager[Any]]) -> None:
         """Unless done: ``migrate`` on the connection ``connect()`` yields (async context).
 

@@ -195,8 +195,7 @@ class PostgresSpool(SqlSpool):
         return result
 
     async def _ensure_schema(self) -> None:
-        if not self.migrator.done:  # once done, no pool connection is taken for it
-            await self.migrator.ensure(self._pool.connection)
+        await self.migrator.ensure(self._pool.connection)  # once done: no connection taken
 
     def _log_migrated(self, versions: list[int]) -> None:
         if self._log_events:
