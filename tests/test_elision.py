@@ -129,35 +129,33 @@ def _in_rfc822() -> bytes:
     return outer.as_bytes(policy=SMTP)
 
 
-def _signed() -> bytes:
-    signed = _manual(PDF, _lines(os.urandom(BIG)))
-    body = signed.split(b"\r\n\r\n", 1)[1]
-    content = b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n' + body
-    return (
-        b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: signed\r\n"
-        b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
-        b'boundary="s1"\r\n\r\n--s1\r\n' + content + b"\r\n--s1\r\n"
-        b"Content-Type: application/pkcs7-signature\r\nContent-Transfer-Encoding: base64"
-        b"\r\n\r\nAAAA\r\n--s1--\r\n"
-    )  # fmt: skip
+_SIGNATURE = (b"Content-Type: application/pkcs7-signature\r\n"
+              b"Content-Transfer-Encoding: base64\r\n\r\nAAAA")  # fmt: skip
 
 
-def _signed_forward(signature_first: bool = False) -> bytes:
-    """Signed mail whose content holds an attached message (itself holding a large PDF);
-    the signature part last, as clients write it, or first."""
-    forwarded = email.message_from_bytes(_in_rfc822(), policy=SMTP)
-    content = forwarded.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)
-    ctype = forwarded["Content-Type"].encode()
-    entity = b"Content-Type: " + ctype + b"\r\n\r\n" + content[1]
-    signature = (b"Content-Type: application/pkcs7-signature\r\n"
-                 b"Content-Transfer-Encoding: base64\r\n\r\nAAAA\r\n")  # fmt: skip
-    first, second = (signature, entity) if signature_first else (entity, signature)
+def _signed_mail(entity: bytes, subject: bytes, signature_first: bool = False) -> bytes:
+    """A multipart/signed message of ``entity`` (its header block and body) and a dummy
+    S/MIME signature part: after it, as clients write it, or (``signature_first``) before."""
+    first, second = (_SIGNATURE, entity) if signature_first else (entity, _SIGNATURE)
     return (
-        b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: signed forward\r\n"
+        b"From: app@example.com\r\nTo: ann@example.net\r\nSubject: " + subject + b"\r\n"
         b'Content-Type: multipart/signed; protocol="application/pkcs7-signature"; '
         b'boundary="s1"\r\n\r\n--s1\r\n' + first + b"\r\n--s1\r\n" + second
         + b"\r\n--s1--\r\n"
     )  # fmt: skip
+
+
+def _signed() -> bytes:
+    body = _manual(PDF, _lines(os.urandom(BIG))).split(b"\r\n\r\n", 1)[1]
+    return _signed_mail(b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n' + body, b"signed")
+
+
+def _signed_forward(signature_first: bool = False) -> bytes:
+    """Signed mail whose content holds an attached message (itself holding a large PDF)."""
+    forwarded = email.message_from_bytes(_in_rfc822(), policy=SMTP)
+    body = forwarded.as_bytes(policy=SMTP).split(b"\r\n\r\n", 1)[1]
+    entity = b"Content-Type: " + forwarded["Content-Type"].encode() + b"\r\n\r\n" + body
+    return _signed_mail(entity, b"signed forward", signature_first)
 
 
 def _equals_inside() -> bytes:
