@@ -9,6 +9,7 @@ import subprocess
 import pytest
 
 from relay.translate.charsets import WHATWG_LABELS, codec_for, decode_text
+from relay.translate.headers import decode_text_header
 
 LABELS = {label: name for name, labels in WHATWG_LABELS.items() for label in labels.split()}
 # The standard's "replacement" labels the relay decodes with Python's codecs, for mail.
@@ -88,3 +89,10 @@ def test_another_charset_only_when_the_declared_one_is_clearly_wrong(
 def test_a_byte_order_mark_decides_and_is_removed() -> None:
     assert decode_text(b"\xef\xbb\xbfcaf\xc3\xa9", "iso-8859-1") == "caf\u00e9"
     assert decode_text(b"\xff\xfeh\x00i\x00", "utf-8") == "hi"
+
+
+def test_a_byte_order_mark_is_removed_only_where_a_run_of_encoded_words_starts() -> None:
+    """Adjacent words are one stream, as in Thunderbird (a TextDecoder per run of words)."""
+    assert decode_text_header("=?utf-8?b?77u/QW5u?=") == "Ann"
+    assert decode_text_header("=?utf-8?b?QW5u?= =?utf-8?b?77u/?=") == "Ann\ufeff"
+    assert decode_text_header("Ann =?utf-8?b?77u/Qg==?=") == "Ann B"

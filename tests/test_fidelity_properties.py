@@ -13,6 +13,7 @@ import base64
 import codecs
 import email
 import email.policy
+import re
 from email.headerregistry import Address
 from email.message import EmailMessage
 
@@ -24,8 +25,10 @@ from relay.translate.message import translate
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-# What a person types: no control characters, surrogates or line/paragraph separators.
-TYPED = st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp"))
+# What a person types: no control characters, surrogates or line/paragraph separators; and
+# no U+FEFF, which at the start of a run of encoded words is a byte-order mark that the
+# relay removes as Thunderbird's decoder does (tests/test_charsets.py).
+TYPED = st.characters(exclude_categories=("Cc", "Cs", "Zl", "Zp"), exclude_characters="\ufeff")
 WORDS = st.lists(st.text(TYPED, min_size=1, max_size=10), min_size=1, max_size=10).map(" ".join)
 WIDTHS = st.integers(min_value=40, max_value=200)  # narrower: the stdlib folder can loop
 
@@ -40,10 +43,12 @@ def sent(msg: EmailMessage, width: int, header: str) -> dict[str, object]:
 
     The stdlib's generator sometimes writes a space as the folding white space between two
     encoded words, where RFC 2047 §6.2 says it is not displayed (the stdlib's own parser
-    then loses it too): such foldings are no test of the relay and are skipped.
+    then loses it too): such foldings, whose RFC 2047 reading differs from that of the
+    same header written on one line, are no test of the relay and are skipped.
     """
     raw = msg.as_bytes(policy=email.policy.SMTP.clone(max_line_length=width))
-    assume(_rfc2047_reading(raw, header) == _rfc2047_reading(msg.as_bytes(), header))
+    unfolded = msg.as_bytes(policy=email.policy.SMTP.clone(max_line_length=None))
+    assume(_rfc2047_reading(raw, header) == _rfc2047_reading(unfolded, header))
     (payload,) = translate(raw, "s@example.com", ["to@example.com"]).payloads
     return payload
 
@@ -51,7 +56,7 @@ def sent(msg: EmailMessage, width: int, header: str) -> dict[str, object]:
 def _rfc2047_reading(raw: bytes, header: str) -> str:
     """The header's text as RFC 2047 reads it (read as unstructured: §6.2 for phrases too)."""
     parsed = email.message_from_bytes(raw, policy=email.policy.compat32)
-    value = str(parsed[header])
+    value = re.sub(r"\r?\n(?=[ \t])", "", str(parsed[header]))  # RFC 5322 unfolding
     if header == "from":
         value = value.rsplit("<", 1)[0]
     return str(email.policy.default.header_factory("subject", value))
@@ -90,7 +95,11 @@ LABELLED = [
 
 @st.composite
 def labelled_text(draw: st.DrawFn) -> tuple[str, str, bytes]:
-    """(label, text, bytes): text the label's encoding can write, and those bytes."""
+    """(label, text, bytes): text the label's encoding can write, and those bytes.
+
+    The text is what the bytes read back as: some codecs write a character they lack as a
+    look-alike (cp932 writes U+00A2 as the bytes of U+FFE0), which is then what was sent.
+    """
     _, label = draw(st.sampled_from(LABELLED))
     codec = codec_for(label)
     assert codec is not None, label
@@ -99,8 +108,7 @@ def labelled_text(draw: st.DrawFn) -> tuple[str, str, bytes]:
         data = text.encode(codec)
     except UnicodeEncodeError:
         data = "".join(c for c in text if _encodable(c, codec)).encode(codec)
-        text = data.decode(codec)
-    return label, text, data
+    return label, data.decode(codec), data
 
 
 def _encodable(char: str, codec: str) -> bool:
