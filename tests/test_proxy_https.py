@@ -12,16 +12,20 @@ API's certificate and the proxy's alike, with either transport:
 - without the CA the proxy's certificate is not trusted: ``451 4.4.1``, nothing reaches
   tinyproxy, and the log says why;
 - a real ``serve`` process (uvloop, debug logs) through it never logs the password;
+- the README's advice for a private proxy CA, one bundle with certifi's CAs, crosses the
+  proxy and still trusts every public root that certifi trusts (AhaSend's chains to one);
 - an ``SSL_CERT_FILE`` that cannot be used stops ``check-config`` and ``serve`` with 78.
 """
 
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import certifi
 import pytest
 import structlog
 
@@ -95,6 +99,22 @@ def test_messages_cross_an_https_proxy(
         assert posts == [("POST", f"{api.base_url}{path}")] * len(api.requests)
         assert all("tinyproxy" in r.headers.get("via", "") for r in api.requests)
     assert all("proxy-authorization" not in r.headers for r in api.requests)
+
+
+def test_a_private_ca_bundled_with_certifis_keeps_the_public_roots(
+    api: StandIn, front: TlsFront, ca_file: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(Path(certifi.where()).read_bytes() + ca_file.read_bytes())
+    settings = settings_for(api, ahasend_api_proxy=front.url, ssl_cert_file=bundle,
+                            relay_retry_deadline=5.0)  # fmt: skip
+    public = ssl.create_default_context(cafile=certifi.where()).get_ca_certs(binary_form=True)
+    private = ssl.PEM_cert_to_DER_cert(ca_file.read_text(encoding="ascii"))
+    assert set(settings.api_trust.get_ca_certs(binary_form=True)) == {*public, private}
+    assert len(public) > 100  # certifi's bundle, not an empty store
+    with running_relay(settings) as relay:
+        assert send(relay.port, "bundled")[0] == 250
+    assert len(api.accepted) == 1
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
