@@ -13,7 +13,8 @@ API's certificate and the proxy's alike, with either transport:
   tinyproxy, and the log says why;
 - a real ``serve`` process (uvloop, debug logs) through it never logs the password;
 - the README's advice for a private proxy CA, one bundle with certifi's CAs, crosses the
-  proxy and still trusts every public root that certifi trusts (AhaSend's chains to one);
+  proxy and still trusts every root the relay trusts without ``SSL_CERT_FILE`` (certifi's:
+  the public CAs a public API's certificate chains to);
 - an ``SSL_CERT_FILE`` that cannot be used stops ``check-config`` and ``serve`` with 78.
 """
 
@@ -108,7 +109,7 @@ def test_a_private_ca_bundled_with_certifis_keeps_the_public_roots(
     bundle.write_bytes(Path(certifi.where()).read_bytes() + ca_file.read_bytes())
     settings = settings_for(api, ahasend_api_proxy=front.url, ssl_cert_file=bundle,
                             relay_retry_deadline=5.0)  # fmt: skip
-    public = ssl.create_default_context(cafile=certifi.where()).get_ca_certs(binary_form=True)
+    public = load_settings(environ={"RELAY_DRY_RUN": "true"}).api_trust.get_ca_certs(True)
     private = ssl.PEM_cert_to_DER_cert(ca_file.read_text(encoding="ascii"))
     assert set(settings.api_trust.get_ca_certs(binary_form=True)) == {*public, private}
     assert len(public) > 100  # certifi's bundle, not an empty store
