@@ -17,15 +17,13 @@ import os
 import re
 import signal
 import smtplib
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.harness import free_port
+from tests.harness import free_port, wait_for_port
 from tests.paths import REPO
 from tests.standin import StandIn
 from tests.test_e2e_process import message
@@ -157,20 +155,6 @@ class Replica:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    """Return once something accepts TCP connections on 127.0.0.1:``port``."""
-    ends = time.monotonic() + timeout
-    while time.monotonic() < ends:
-        if process.poll() is not None:
-            raise AssertionError(f"process exited ({process.returncode}) during start-up")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def smtp_from(source: str, port: int, timeout: float = 30.0) -> smtplib.SMTP:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -74,6 +76,23 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes], timeout: float = 20.0, name: str = "process"
+) -> None:
+    """Return once something accepts TCP connections on 127.0.0.1:``port``; fail when
+    ``process`` (called ``name`` in the error) exits first or ``timeout`` runs out."""
+    ends = time.monotonic() + timeout
+    while time.monotonic() < ends:
+        if process.poll() is not None:
+            raise AssertionError(f"{name} exited ({process.returncode}) during start-up")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on port {port} ({name})")
 
 
 def settings_for(standin: Any | None = None, **overrides: Any) -> Settings:

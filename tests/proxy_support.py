@@ -13,24 +13,16 @@ from __future__ import annotations
 
 import re
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.harness import free_port, wait_for_port
+
 TINYPROXY = "/usr/bin/tinyproxy"
 HAPROXY = "/usr/sbin/haproxy"
 _REQUEST = re.compile(r"Request \(file descriptor \d+\): (\S+) (\S+) HTTP/")
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 class _Served:
@@ -95,7 +87,7 @@ class TinyProxy(_Served):
             [TINYPROXY, "-d", "-c", str(config)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        _wait_listening(self._process, self.port, "tinyproxy")
+        wait_for_port(self.port, self._process, timeout=10.0, name="tinyproxy")
         return self
 
 
@@ -137,24 +129,8 @@ class TlsFront(_Served):
                 [HAPROXY, "-db", "-f", str(config)],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             )  # fmt: skip
-        _wait_listening(self._process, self.port, "haproxy")
+        wait_for_port(self.port, self._process, timeout=10.0, name="haproxy")
         return self
-
-
-def _wait_listening(
-    process: subprocess.Popen[bytes], port: int, name: str, timeout: float = 10.0
-) -> None:
-    """Return once ``process`` accepts connections on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{name} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"{name} did not listen")
 
 
 def _stop(process: subprocess.Popen[bytes] | None) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.dockerfile import Stage, healthcheck_command, parse
+from tests.harness import free_port
 from tests.paths import REPO
 from tests.standin import StandIn
 
@@ -36,13 +36,6 @@ pytestmark = pytest.mark.container
 IMAGE_VENV = "/opt/ahasend-relay"
 UID, GID = (int(part) for part in parse()[-1].one("USER").args.split(":"))
 """The image's numeric USER uid:gid (no such user needs to exist here, as in Kubernetes)."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")

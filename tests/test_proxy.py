@@ -30,10 +30,10 @@ from relay.delivery.api import AhaSendClient
 from relay.delivery.proxy import bypasses_proxy, choose_proxy, mask_proxy_text, parse_proxy_url
 from relay.delivery.transport import build_transport
 from relay.errors import ConfigError
-from tests.harness import running_relay, settings_for
+from tests.harness import free_port, running_relay, settings_for
 from tests.interop import serving_process
 from tests.ops_support import run_cli, standin_env
-from tests.proxy_support import TinyProxy, free_port
+from tests.proxy_support import TinyProxy
 from tests.security_support import Certs
 from tests.standin import StandIn
 
